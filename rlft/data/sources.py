@@ -1,0 +1,388 @@
+"""Loading one data source into a memory-mapped `datasets.Dataset`, and citing its rows.
+
+A source's `path` is, in order of precedence:
+- a glob (`data/*.jsonl`): the matching files, sorted, all of one type;
+- a folder: saved by `datasets.save_to_disk` (a Dataset or a DatasetDict), else the data files
+  directly inside it;
+- a file: `.jsonl`, `.json` (a list of objects, or JSON lines), `.csv`, `.parquet`;
+- a hub dataset name (`org/name`), when no such local path exists.
+
+Rows are cited as `row 17 of /abs/train.jsonl (line 18)`: the row within its file and, for
+JSON lines and CSV, the line where it starts (blank lines and the CSV header counted). The
+line table is built only when a row has to be cited, by one scan of the file.
+
+`datasets` is imported inside functions: `import rlft.data` must stay light.
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import difflib
+import glob
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rlft.data.config import DataSource
+from rlft.data.formats import TEXT_FIELDS
+from rlft.errors import DataError
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+FILE_TYPES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# pandas' default missing-value strings, applied to CSV columns that do not hold text: in a
+# text column "None", "NA" or "null" is text, and an empty cell is an empty string.
+_CSV_NA = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN"]
+_CSV_NA += ["<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a row came from, for messages and the rejects file."""
+
+    source: str  # file path, saved folder or hub dataset name
+    row: int  # 1-based row within that file (or split)
+    line: int | None = None  # 1-based line where the row starts (JSON lines, CSV)
+    note: str = ""  # e.g. "split test"
+
+    def __str__(self) -> str:
+        extra = ([f"line {self.line}"] if self.line else []) + ([self.note] if self.note else [])
+        return f"row {self.row} of {self.source}" + (f" ({', '.join(extra)})" if extra else "")
+
+
+@dataclass
+class Resolved:
+    """A source's path, resolved: what kind of thing it is and which files it names."""
+
+    kind: str  # "json", "csv", "parquet" (files), "saved" (save_to_disk folder) or "hub"
+    label: str  # the resolved path or glob, or the hub name
+    files: list[Path] = field(default_factory=list)
+    local: Path | None = None  # for a hub name: the local path that was looked for first
+
+
+@dataclass
+class LoadedSource:
+    """One source, loaded, its columns renamed to canonical names, maybe cut to some of its rows."""
+
+    key: str  # config key path, e.g. "data.train[1]"
+    source: DataSource
+    resolved: Resolved
+    dataset: Dataset
+    columns: list[str]  # the columns as loaded, before renaming
+    renamed: dict[str, str]  # your column -> canonical name
+    rows_loaded: int
+    rows_read: int = 0  # rows kept by weights / max_rows, before checks
+    rows_rejected: int = 0  # invalid rows written to the rejects file
+    row_ids: list[int] | None = None  # dataset row -> loaded row, once cut (None: identity)
+    _lines: _LineTable | None = None
+
+    def take(self, indices: list[int]) -> None:
+        """Keep these rows (indices into the current dataset), remembering where they came from."""
+        self.row_ids = [self.row_ids[i] for i in indices] if self.row_ids is not None else list(indices)
+        self.dataset = self.dataset.select(indices)
+
+    def locate(self, index: int) -> Location:
+        """Where row `index` of the current dataset came from."""
+        loaded = self.row_ids[index] if self.row_ids is not None else index
+        if self._lines is None:
+            self._lines = _LineTable.build(self.resolved, self.rows_loaded, split=self.source.split)
+        return self._lines.locate(loaded)
+
+    def original_row(self, row: Mapping) -> dict:
+        """A row with your column names back (for the rejects file)."""
+        back = {canonical: column for column, canonical in self.renamed.items()}
+        return {back.get(k, k): v for k, v in row.items()}
+
+
+# --- resolving ------------------------------------------------------------------------------
+
+
+def resolve_source(source: DataSource, *, key: str, base_dir: Path) -> Resolved:
+    """What `source.path` names, relative to `base_dir`. Raises DataError when it names nothing."""
+    raw = source.path
+    path = Path(os.path.expanduser(raw))
+    path = path if path.is_absolute() else base_dir / path
+    if _GLOB_CHARS.search(raw):
+        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+        if not files:
+            raise DataError(f"{key}: the pattern {path} matches no files")
+        return Resolved(_files_kind(files, key=key, label=str(path)), str(path), files)
+    if path.is_dir():
+        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+            return Resolved("saved", str(path))
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in FILE_TYPES)
+        if not files:
+            raise DataError(
+                f"{key}: the folder {path} was not saved by datasets.save_to_disk and holds no "
+                f"{', '.join(FILE_TYPES)} files"
+            )
+        return Resolved(_files_kind(files, key=key, label=str(path)), str(path), files)
+    if path.is_file():
+        return Resolved(_files_kind([path], key=key, label=str(path)), str(path), [path])
+    if _HUB_NAME.match(raw) and not raw.startswith(".") and Path(raw).suffix not in FILE_TYPES:
+        return Resolved("hub", raw, local=path)
+    raise DataError(
+        f"{key}: {path} does not exist (relative paths start from {base_dir}, the config file's folder)"
+    )
+
+
+def _files_kind(files: list[Path], *, key: str, label: str) -> str:
+    kinds = {FILE_TYPES.get(p.suffix) for p in files}
+    if None in kinds:
+        odd = next(p for p in files if p.suffix not in FILE_TYPES)
+        raise DataError(f"{key}: {odd} has an unsupported type {odd.suffix!r}; use {', '.join(FILE_TYPES)}")
+    if len(kinds) > 1:
+        raise DataError(
+            f"{key}: {label} mixes file types ({', '.join(sorted(kinds))}); use one type per source"
+        )
+    return kinds.pop()
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+def load_source(
+    source: DataSource, *, key: str, base_dir: Path, fields: Mapping[str, str], section: str
+) -> LoadedSource:
+    """Load one source (memory-mapped) and rename your columns to canonical names via `fields`."""
+    resolved = resolve_source(source, key=key, base_dir=base_dir)
+    if source.subset is not None and resolved.kind != "hub":
+        raise DataError(f"{key}.subset: only hub datasets have subsets; {resolved.label} is local")
+    if source.split != "train" and resolved.kind in FILE_TYPES.values():
+        raise DataError(
+            f"{key}.split: files have one split, 'train'; {source.split!r} applies to hub datasets and "
+            "save_to_disk folders (give each split its own file)"
+        )
+    dataset = LOADERS[resolved.kind](resolved, source, key=key, fields=fields)
+    if len(dataset) == 0:
+        raise DataError(f"{key}: {resolved.label} has no rows")
+    columns = list(dataset.column_names)
+    renamed = _field_renames(columns, fields, key=key, label=resolved.label, section=section)
+    if renamed:
+        dataset = dataset.rename_columns(renamed)
+    return LoadedSource(key, source, resolved, dataset, columns, renamed, rows_loaded=len(dataset))
+
+
+def _field_renames(
+    columns: list[str], fields: Mapping[str, str], *, key: str, label: str, section: str
+) -> dict[str, str]:
+    """{your column: canonical} for the mapped columns present. A mapping whose column is absent is
+    an error unless the canonical column is already there (sources of one stage may differ)."""
+    renames = {}
+    for canonical, column in fields.items():
+        if column == canonical:
+            continue
+        if column in columns:
+            if canonical in columns:
+                raise DataError(
+                    f"{section}.fields.{canonical}: maps column {column!r} to {canonical!r}, but {label} "
+                    f"({key}) already has a {canonical!r} column; rename or drop one of them"
+                )
+            renames[column] = canonical
+        elif canonical not in columns:
+            close = difflib.get_close_matches(column, columns, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise DataError(
+                f"{section}.fields.{canonical}: column {column!r} is not in {label} ({key}); "
+                f"its columns are {', '.join(columns)}{hint}"
+            )
+    return renames
+
+
+def _load_json(resolved: Resolved, source: DataSource, *, key: str, fields: Mapping[str, str]) -> Dataset:
+    from datasets import load_dataset
+
+    files = [str(p) for p in resolved.files]
+    try:
+        # parse_agent_traces=False: datasets 5 otherwise rewrites files that look like agent logs.
+        return load_dataset("json", data_files=files, split="train", parse_agent_traces=False)
+    except Exception as e:  # datasets wraps pyarrow/JSON errors in several types
+        raise DataError(
+            f"{key}: could not read {_bad_json_location(resolved.files) or resolved.label}: {_cause(e)}"
+        ) from e
+
+
+def _load_csv(resolved: Resolved, source: DataSource, *, key: str, fields: Mapping[str, str]) -> Dataset:
+    from datasets import load_dataset
+
+    # Text columns are read as strings, as written: "42" stays "42" and "None" stays "None".
+    text_columns = set(TEXT_FIELDS) | {fields[f] for f in TEXT_FIELDS if f in fields}
+    header: list[str] = []
+    for path in resolved.files:
+        header += [c for c in _csv_header(path) if c not in header]
+    text = [c for c in header if c in text_columns]
+    files = [str(p) for p in resolved.files]
+    try:
+        return load_dataset(
+            "csv",
+            data_files=files,
+            split="train",
+            converters=dict.fromkeys(text, str),
+            keep_default_na=False,
+            na_values={c: _CSV_NA for c in header if c not in text_columns},
+        )
+    except Exception as e:
+        raise DataError(f"{key}: could not read {resolved.label}: {_cause(e)}") from e
+
+
+def _load_parquet(resolved: Resolved, source: DataSource, *, key: str, fields: Mapping[str, str]) -> Dataset:
+    from datasets import load_dataset
+
+    try:
+        return load_dataset("parquet", data_files=[str(p) for p in resolved.files], split="train")
+    except Exception as e:
+        raise DataError(f"{key}: could not read {resolved.label}: {_cause(e)}") from e
+
+
+def _load_saved(resolved: Resolved, source: DataSource, *, key: str, fields: Mapping[str, str]) -> Dataset:
+    from datasets import DatasetDict, load_from_disk
+
+    try:
+        loaded = load_from_disk(resolved.label, keep_in_memory=False)
+    except Exception as e:
+        raise DataError(f"{key}: could not load the saved dataset {resolved.label}: {_cause(e)}") from e
+    if isinstance(loaded, DatasetDict):
+        if source.split not in loaded:
+            raise DataError(
+                f"{key}.split: {resolved.label} has no split {source.split!r}; it has {', '.join(loaded)}"
+            )
+        return loaded[source.split]
+    if source.split != "train":
+        raise DataError(
+            f"{key}.split: {resolved.label} is a single saved Dataset without splits; remove split"
+        )
+    return loaded
+
+
+def _load_hub(resolved: Resolved, source: DataSource, *, key: str, fields: Mapping[str, str]) -> Dataset:
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(resolved.label, source.subset, split=source.split)
+    except Exception as e:
+        raise DataError(
+            f"{key}: {resolved.local} does not exist, and loading {source.path!r} as a hub dataset failed: "
+            f"{_cause(e)}"
+        ) from e
+
+
+LOADERS = {
+    "json": _load_json,
+    "csv": _load_csv,
+    "parquet": _load_parquet,
+    "saved": _load_saved,
+    "hub": _load_hub,
+}
+
+
+def _cause(error: BaseException) -> str:
+    """The innermost message of a chained exception (datasets wraps the useful one)."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    return f"{type(error).__name__}: {error}"
+
+
+def _csv_header(path: Path) -> list[str]:
+    with open(path, newline="", encoding="utf-8") as f:
+        for record in csv.reader(f):
+            if record:
+                return record
+    return []
+
+
+def _bad_json_location(files: list[Path]) -> str | None:
+    """'<file> line N' for the first line of these files that is not valid JSON, if any."""
+    for path in files:
+        with open(path, encoding="utf-8-sig") as f:
+            if _is_json_array(path):
+                try:
+                    json.load(f)
+                except json.JSONDecodeError as e:
+                    return f"{path} line {e.lineno}"
+                continue
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        json.loads(line)
+                    except json.JSONDecodeError:
+                        return f"{path} line {number}"
+    return None
+
+
+def _is_json_array(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    return head.startswith(b"[")
+
+
+# --- citing rows ----------------------------------------------------------------------------
+
+
+@dataclass
+class _LineTable:
+    """Maps a loaded row index to (file, row in file, line), built by one scan of the files."""
+
+    resolved: Resolved
+    starts: list[int]  # first loaded row of each file
+    lines: list[list[int] | None]  # per file, the start line of each row (None: rows have no lines)
+    note: str = ""
+
+    @classmethod
+    def build(cls, resolved: Resolved, rows: int, *, split: str) -> _LineTable:
+        if resolved.kind in ("saved", "hub"):
+            return cls(resolved, [0], [None], note=f"split {split}")
+        starts, lines, total = [], [], 0
+        for path in resolved.files:
+            file_lines, count = _row_lines(path, resolved.kind)
+            starts.append(total)
+            lines.append(file_lines)
+            total += count
+        if total != rows:  # the scan disagrees with the loader: cite rows of the whole source
+            return cls(Resolved(resolved.kind, resolved.label), [0], [None])
+        return cls(resolved, starts, lines)
+
+    def locate(self, index: int) -> Location:
+        if not self.resolved.files:
+            return Location(self.resolved.label, index + 1, note=self.note)
+        f = bisect.bisect_right(self.starts, index) - 1
+        row = index - self.starts[f]
+        lines = self.lines[f]
+        return Location(str(self.resolved.files[f]), row + 1, lines[row] if lines else None, self.note)
+
+
+def _row_lines(path: Path, kind: str) -> tuple[list[int] | None, int]:
+    """(start line of each row or None, number of rows) of one data file."""
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        return None, pq.ParquetFile(path).metadata.num_rows
+    if kind == "csv":
+        lines, header_seen = [], False
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            while True:
+                start = reader.line_num + 1
+                try:
+                    record = next(reader)
+                except StopIteration:
+                    break
+                if not record:  # blank line: skipped by the loader
+                    continue
+                if header_seen:
+                    lines.append(start)
+                header_seen = True
+        return lines, len(lines)
+    if _is_json_array(path):
+        with open(path, encoding="utf-8-sig") as f:
+            return None, len(json.load(f))
+    with open(path, "rb") as f:
+        lines = [number for number, line in enumerate(f, 1) if line.strip()]
+    return lines, len(lines)
