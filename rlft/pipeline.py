@@ -1,0 +1,288 @@
+"""Run a pipeline: plan the run folder, skip finished stages, launch each stage in its own process.
+
+    runs/<pipeline>/
+      <stage>/            finished artifact: HF model + tokenizer + stage.json + metrics.jsonl + stage.log
+      .work/<stage>/      a stage in progress: plan.json, stage.json (running/failed), checkpoints/, stage.log
+      models/             tiny models built for `model: {tiny: ...}`
+      summary.json        one entry per stage: stage, kind, status, seconds, task_reward, metrics
+      pipeline.yaml       the pipeline file this run was started from
+
+A stage is skipped when its stage.json says done with the same config hash and input hashes.
+A stage whose earlier run died resumes from its last trainer checkpoint when its config and
+inputs are unchanged. Each stage runs as `accelerate launch --config_file <launch> -m
+rlft.stages.runner <work>` when it has a launch config, else `python -m rlft.stages.runner <work>`.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rlft.artifacts import hash_json, hash_path, write_json_atomic
+from rlft.config import ModelSource, Pipeline
+from rlft.errors import ConfigError, RlftError
+from rlft.stages.common import read_json
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class StageFailed(RlftError):
+    """A stage's process exited with an error; its log says why."""
+
+
+@dataclass
+class StageOutcome:
+    name: str
+    kind: str
+    status: str  # ran, skipped, failed, not run
+    record: dict[str, Any] = field(default_factory=dict)  # the stage's stage.json
+
+
+def run_pipeline(
+    pipeline: Pipeline,
+    *,
+    run_dir: Path | None = None,
+    only: str | None = None,
+    from_stage: str | None = None,
+    force: bool = False,
+    console: Any = None,
+) -> list[StageOutcome]:
+    """Run the selected stages in order. Raises StageFailed when a stage fails (after the summary)."""
+    from rich.console import Console
+
+    console = console or Console()
+    run_dir = Path(run_dir or Path("runs") / pipeline.name).resolve()
+    (run_dir / ".work").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(pipeline.source, run_dir / "pipeline.yaml")
+    names = [s.name for s in pipeline.stages]
+    for flag, value in (("--only", only), ("--from", from_stage)):
+        if value is not None and value not in names:
+            raise ConfigError(f"{flag} {value}: no such stage (stages: {', '.join(names)})")
+    if only is not None:
+        selected = {only}
+    elif from_stage is not None:
+        selected = set(names[names.index(from_stage) :])
+    else:
+        selected = set(names)
+
+    run_id = uuid.uuid4().hex[:8]
+    outcomes: list[StageOutcome] = []
+    failed: StageOutcome | None = None
+    for index, stage in enumerate(pipeline.stages):
+        done = read_json(run_dir / stage.name / "stage.json")
+        done = done if done and done.get("status") == "done" else None
+        if stage.name not in selected or failed is not None:
+            outcomes.append(StageOutcome(stage.name, stage.kind, "kept" if done else "not run", done or {}))
+            continue
+        console.rule(f"[bold]stage {index + 1}/{len(pipeline.stages)}: {stage.name}[/] ({stage.kind})")
+        model_paths, artifact_hashes = _finished(run_dir, outcomes)
+        for key, ref in stage.references():
+            if ref not in model_paths:
+                raise ConfigError(
+                    f"stages.{stage.name}.{key}.from: stage '{ref}' has no finished artifact in {run_dir}; "
+                    f"run it first (rlft run {pipeline.source} --only {ref})"
+                )
+        config_hash, inputs = stage_fingerprint(pipeline, stage, run_dir, model_paths, artifact_hashes)
+        if done and not force and done.get("config_hash") == config_hash and done.get("inputs") == inputs:
+            console.print(f"[green]skipped[/]: {stage.name} is done with the same config and inputs (--force re-runs it)")
+            outcomes.append(StageOutcome(stage.name, stage.kind, "skipped", done))
+            continue
+
+        work = run_dir / ".work" / stage.name
+        resume_from = _resume_point(work, config_hash, inputs, force=force)
+        if resume_from is None and work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True, exist_ok=True)
+        plan = {
+            "pipeline": pipeline.name,
+            "run_id": run_id,
+            "kind": stage.kind,
+            "stage": stage.model_dump(mode="json", by_alias=True),
+            "config_hash": config_hash,
+            "inputs": inputs,
+            "run_dir": str(run_dir),
+            "base_dir": str(pipeline.base_dir),
+            "model_paths": model_paths,
+            "evaluate": pipeline.config.evaluate.model_dump() if pipeline.config.evaluate else None,
+            "tracking": pipeline.config.tracking.model_dump(),
+            "resume_from": resume_from,
+        }
+        write_json_atomic(work / "plan.json", plan)
+        if resume_from:
+            console.print(f"[yellow]resuming[/]: {stage.name} from {Path(resume_from).name} (an earlier run died)")
+        command = stage_command(stage.launch, work, base_dir=pipeline.base_dir)
+        console.print(f"[dim]$ {' '.join(command)}[/]")
+        code = _stream(command, work / "stage.log")
+        record = read_json(run_dir / stage.name / "stage.json") if code == 0 else read_json(work / "stage.json")
+        if code == 0 and record and record.get("status") == "done":
+            shutil.copyfile(work / "stage.log", run_dir / stage.name / "stage.log")
+            shutil.rmtree(work, ignore_errors=True)
+            outcomes.append(StageOutcome(stage.name, stage.kind, "ran", record))
+        else:
+            failed = StageOutcome(stage.name, stage.kind, "failed", record or {"error": f"exit code {code}"})
+            outcomes.append(failed)
+
+    write_summary(run_dir, outcomes)
+    print_summary(console, outcomes, run_dir)
+    if failed is not None:
+        error = failed.record.get("error") or "see its log"
+        raise StageFailed(f"stage '{failed.name}' failed: {error}\n  log: {run_dir / '.work' / failed.name / 'stage.log'}")
+    return outcomes
+
+
+def stage_fingerprint(pipeline: Pipeline, stage: Any, run_dir: Path, model_paths: dict, artifact_hashes: dict) -> tuple[str, dict]:
+    """(config hash, content hashes of the inputs): what decides whether a finished stage is still valid."""
+    from rlft.models.loading import source_hash
+
+    evaluates = pipeline.config.evaluate is not None and getattr(stage, "evaluate", True)
+    hashed = {"stage": stage.hashed_config(), "evaluate": pipeline.config.evaluate.model_dump() if evaluates else None}
+    inputs: dict[str, Any] = {}
+    for key in type(stage).model_fields:
+        value = getattr(stage, key)
+        if isinstance(value, ModelSource):
+            inputs[key] = source_hash(
+                value, model_paths=model_paths, artifact_hashes=artifact_hashes, run_dir=run_dir, base_dir=pipeline.base_dir
+            )
+    data = getattr(stage, "data", None)
+    if data is not None:
+        inputs["data"] = {p: hash_path(Path(p)) for p in _local_paths(data.model_dump(mode="json"), pipeline.base_dir)}
+    if evaluates:
+        inputs["evaluate"] = {
+            p: hash_path(Path(p))
+            for p in _local_paths([pipeline.config.evaluate.prompts, pipeline.config.evaluate.reward.split(":")[0]], pipeline.base_dir)
+        }
+    return hash_json(hashed), inputs
+
+
+def _local_paths(value: Any, base_dir: Path) -> list[str]:
+    """Every string in a config value that names an existing local file, folder or glob of files."""
+    found: list[str] = []
+    if isinstance(value, dict):
+        for v in value.values():
+            found += _local_paths(v, base_dir)
+    elif isinstance(value, list):
+        for v in value:
+            found += _local_paths(v, base_dir)
+    elif isinstance(value, str) and value:
+        p = Path(value).expanduser()
+        p = p if p.is_absolute() else base_dir / p
+        if p.exists():
+            found.append(str(p.resolve()))
+        elif any(c in value for c in "*?["):
+            found += sorted(str(Path(m).resolve()) for m in glob.glob(str(p), recursive=True))
+    return found
+
+
+def _finished(run_dir: Path, outcomes: list[StageOutcome]) -> tuple[dict[str, str], dict[str, str]]:
+    """Artifact folder and artifact hash of every earlier stage that has a finished model."""
+    paths, hashes = {}, {}
+    for o in outcomes:
+        if o.record.get("status") == "done" and o.record.get("has_model", True):
+            paths[o.name] = str(run_dir / o.name)
+            hashes[o.name] = o.record.get("artifact_hash") or "unknown"
+    return paths, hashes
+
+
+def _resume_point(work: Path, config_hash: str, inputs: dict, *, force: bool) -> str | None:
+    """The last checkpoint of an earlier, unfinished run of this stage with the same config and inputs."""
+    if force:
+        return None
+    plan = read_json(work / "plan.json")
+    if not plan or plan.get("config_hash") != config_hash or plan.get("inputs") != inputs:
+        return None
+    checkpoints = sorted((work / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    complete = [c for c in checkpoints if (c / "trainer_state.json").exists()]
+    return str(complete[-1]) if complete else None
+
+
+def stage_command(launch: str | None, work: Path, *, base_dir: Path) -> list[str]:
+    runner = ["-m", "rlft.stages.runner", str(work)]
+    if launch is None:
+        return [sys.executable, *runner]
+    config = find_launch_config(launch, base_dir=base_dir)
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    if accelerate is None:
+        raise ConfigError("launch: the `accelerate` command is not installed in this environment")
+    return [accelerate, "launch", "--config_file", str(config), *runner]
+
+
+def find_launch_config(launch: str, *, base_dir: Path) -> Path:
+    """A launch config path: relative to the pipeline file, the working folder, or rlft's own launch/."""
+    p = Path(launch).expanduser()
+    candidates = [p] if p.is_absolute() else [base_dir / p, Path.cwd() / p, REPO_ROOT / p, REPO_ROOT / "launch" / p]
+    for c in candidates:
+        if c.is_file():
+            return c.resolve()
+    raise ConfigError(f"launch: {launch}: no such accelerate config (looked in {', '.join(str(c.parent) for c in candidates)})")
+
+
+def _stream(command: list[str], log_path: Path) -> int:
+    """Run a stage's process, copying its output (progress bars included) to the terminal and a log."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        with open(log_path, "ab") as log:
+            while chunk := os.read(proc.stdout.fileno(), 65536):
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+                log.write(chunk)
+        return proc.wait()
+    except KeyboardInterrupt:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise
+
+
+def summary_entries(outcomes: list[StageOutcome]) -> list[dict[str, Any]]:
+    entries = []
+    for o in outcomes:
+        metrics = o.record.get("metrics") or {}
+        entries.append(
+            {
+                "stage": o.name,
+                "kind": o.kind,
+                "status": o.status,
+                "seconds": o.record.get("seconds"),
+                "task_reward": metrics.get("task_reward"),
+                **{k: v for k, v in metrics.items() if k != "task_reward"},
+            }
+        )
+    return entries
+
+
+def write_summary(run_dir: Path, outcomes: list[StageOutcome]) -> None:
+    write_json_atomic(run_dir / "summary.json", summary_entries(outcomes))
+
+
+def print_summary(console: Any, outcomes: list[StageOutcome], run_dir: Path) -> None:
+    from rich.table import Table
+
+    entries = summary_entries(outcomes)
+    extra = [k for k in ("train/loss", "eval/loss") if any(k in e for e in entries)]
+    table = Table(title=f"rlft summary: {run_dir}", title_justify="left")
+    for col in ("stage", "kind", "status", "seconds", "task reward", *extra):
+        table.add_column(col, justify="right" if col not in ("stage", "kind", "status") else "left")
+    colors = {"ran": "green", "skipped": "cyan", "failed": "red"}
+    for e in entries:
+        status = e["status"]
+        table.add_row(
+            e["stage"],
+            e["kind"],
+            f"[{colors.get(status, 'dim')}]{status}[/]",
+            f"{e['seconds']:.1f}" if e["seconds"] is not None else "-",
+            f"{e['task_reward']:.3f}" if e["task_reward"] is not None else "-",
+            *(f"{e[k]:.4f}" if isinstance(e.get(k), float) else "-" for k in extra),
+        )
+    console.print(table)
+    console.print(f"summary: {run_dir / 'summary.json'}")

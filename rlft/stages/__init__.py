@@ -1,0 +1,25 @@
+"""Stage kinds. One explicit dict maps a `kind:` to the module that holds its config and `run`.
+
+Each module defines ``Config`` (a pydantic model, a subclass of ``StageBase``) and
+``run(cfg, ctx) -> StageResult``. Modules import only light things at the top; torch,
+transformers and trl are imported inside ``run``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+STAGES: dict[str, str] = {
+    "sft": "rlft.stages.sft",
+    "evaluate": "rlft.stages.evaluate",
+}
+
+
+def stage_module(kind: str) -> Any:
+    return importlib.import_module(STAGES[kind])
+
+
+def stage_config_class(kind: str) -> Any:
+    """The config class of a kind, or None for an unknown kind."""
+    return stage_module(kind).Config if kind in STAGES else None

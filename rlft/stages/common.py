@@ -1,0 +1,123 @@
+"""What every stage shares: its config base, the context it runs in, and what it returns."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from rlft.config import EvaluateConfig, ModelSource, Strict, TrackingConfig
+
+
+class StageBase(Strict):
+    """Keys every stage accepts. A stage's own config class adds its kind's keys."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # unique in the pipeline; names the stage folder
+    kind: str  # which stage module runs it (see rlft.stages.STAGES)
+    model: ModelSource | None = None  # what the stage starts from; defaults to the pipeline's `model`
+    launch: str | None = None  # accelerate config file; none: the stage runs as plain `python -m`
+    seed: int = 0  # seeds python, numpy and torch (and the trainer)
+
+    # "module:Class" of the TRL/transformers config dataclass that `trainer:` passes through to.
+    trainer_config_class: ClassVar[str | None] = None
+
+    def references(self) -> list[tuple[str, str]]:
+        """(key, stage name) for every `{from: STAGE}` in this stage's config."""
+        refs = []
+        for key in type(self).model_fields:
+            value = getattr(self, key)
+            if isinstance(value, ModelSource) and value.from_:
+                refs.append((key, value.from_))
+        return refs
+
+    def hashed_config(self) -> dict[str, Any]:
+        """The part of the config that decides the stage's result (what skipping compares)."""
+        return self.model_dump(mode="json", by_alias=True, exclude={"launch"})
+
+
+@dataclass
+class StageContext:
+    """Where a stage runs and what it may use. Built by the runner from the stage's plan file."""
+
+    pipeline: str  # pipeline name
+    run_dir: Path  # runs/<pipeline>
+    work_dir: Path  # runs/<pipeline>/.work/<stage>: checkpoints, logs, partial metrics
+    artifact_dir: Path  # where the stage writes its model/tokenizer; moved into place when done
+    base_dir: Path  # folder of the pipeline file; relative paths resolve against it
+    model_paths: dict[str, str]  # stage name -> final artifact folder, for `{from: STAGE}`
+    evaluate: EvaluateConfig | None = None
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    resume_from: str | None = None  # last trainer checkpoint of a run of this stage that died
+    tracker: Any = None  # rlft.tracking.Tracker: metrics.jsonl (+ W&B)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.work_dir / "checkpoints"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.work_dir / "metrics.jsonl"
+
+    @property
+    def is_main_process(self) -> bool:
+        return int(os.environ.get("RANK", "0")) == 0
+
+    def log(self, message: str) -> None:
+        """Print on the main process only."""
+        if self.is_main_process:
+            print(f"[rlft] {message}", flush=True)
+
+
+@dataclass
+class StageResult:
+    """What a stage returns: its metrics summary and facts worth recording in stage.json."""
+
+    metrics: dict[str, Any] = field(default_factory=dict)  # summary: final train/eval metrics, task_reward, ...
+    info: dict[str, Any] = field(default_factory=dict)  # parameters, tokenizer fix-ups, data report, ...
+    has_model: bool = True  # False for stages that only measure (evaluate)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def measure_task_reward(model: Any, tokenizer: Any, ctx: StageContext) -> dict[str, Any] | None:
+    """The pipeline's verifiable task reward of greedy generations (None when no `evaluate:`)."""
+    if ctx.evaluate is None or not ctx.is_main_process:
+        return None
+    from reward_models.loading import RewardLoadError, load_function
+    from rlft.errors import ConfigError
+    from rlft.evaluation import task_reward
+
+    try:
+        reward_fn = load_function(ctx.evaluate.reward, base_dir=ctx.base_dir)
+    except RewardLoadError as e:
+        raise ConfigError(f"evaluate.reward: {e}") from None
+    path = Path(ctx.evaluate.prompts).expanduser()
+    path = path if path.is_absolute() else ctx.base_dir / path
+    if not path.is_file():
+        raise ConfigError(f"evaluate.prompts: {path} does not exist")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = rows[: ctx.evaluate.max_prompts] if ctx.evaluate.max_prompts else rows
+    was_training = model.training
+    model.eval()
+    result = task_reward(
+        model,
+        tokenizer,
+        rows,
+        reward_fn,
+        max_new_tokens=ctx.evaluate.max_new_tokens,
+        batch_size=ctx.evaluate.batch_size,
+    )
+    model.train(was_training)
+    ctx.log(f"task reward on {result['n']} held-out prompts: {result['task_reward']:.3f}")
+    for sample in result.get("samples", [])[:3]:
+        ctx.log(f"  sample: {sample}")
+    return result

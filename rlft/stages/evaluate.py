@@ -1,0 +1,31 @@
+"""`kind: evaluate`: measure a model's verifiable task reward; trains nothing.
+
+The pipeline adds one such stage named `base` in front of the others when the pipeline has an
+`evaluate:` block, so every summary starts with the starting model's reward.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from rlft.stages.common import StageBase, StageContext, StageResult, measure_task_reward
+
+
+class Config(StageBase):
+    kind: Literal["evaluate"] = "evaluate"
+
+
+def run(cfg: Config, ctx: StageContext) -> StageResult:
+    from rlft.models.loading import load_causal_lm, load_tokenizer, resolve_source
+
+    resolved = resolve_source(cfg.model, model_paths=ctx.model_paths, run_dir=ctx.run_dir, base_dir=ctx.base_dir)
+    ctx.log(f"evaluating {resolved.description}")
+    tokenizer, fixups = load_tokenizer(resolved, log=ctx.log)
+    model = load_causal_lm(resolved, dtype=cfg.model.dtype, tokenizer=tokenizer)
+    import torch
+
+    if torch.cuda.is_available():
+        model.to("cuda")
+    result = measure_task_reward(model, tokenizer, ctx)
+    metrics = {"task_reward": result["task_reward"]} if result else {}
+    return StageResult(metrics=metrics, info={"tokenizer_fixups": fixups, "samples": (result or {}).get("samples")}, has_model=False)

@@ -1,0 +1,111 @@
+"""The child process of one stage: `python -m rlft.stages.runner WORK_DIR` (or under accelerate launch).
+
+The pipeline writes ``WORK_DIR/plan.json`` (the stage's resolved config and where things are);
+this process runs the stage and, on the main process, assembles the artifact (model, tokenizer,
+stage.json, metrics.jsonl) in ``WORK_DIR/artifact`` and moves it into ``runs/<pipeline>/<stage>``
+with one rename. Exit codes: 0 done, 2 bad input (message printed), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from rlft.artifacts import git_commit, library_versions, model_files_hash, replace_dir, write_json_atomic
+from rlft.config import EvaluateConfig, TrackingConfig
+from rlft.errors import RlftError
+from rlft.stages import stage_module
+from rlft.stages.common import StageContext, read_json
+from rlft.tracking import Tracker
+
+
+def main(work_dir: str) -> int:
+    work = Path(work_dir).resolve()
+    plan = read_json(work / "plan.json")
+    if plan is None:
+        print(f"[rlft] {work}/plan.json is missing or unreadable", file=sys.stderr)
+        return 2
+    module = stage_module(plan["kind"])
+    cfg = module.Config.model_validate(plan["stage"])
+    main_process = int(os.environ.get("RANK", "0")) == 0
+
+    ctx = StageContext(
+        pipeline=plan["pipeline"],
+        run_dir=Path(plan["run_dir"]),
+        work_dir=work,
+        artifact_dir=work / "artifact",
+        base_dir=Path(plan["base_dir"]),
+        model_paths=plan["model_paths"],
+        evaluate=EvaluateConfig.model_validate(plan["evaluate"]) if plan.get("evaluate") else None,
+        tracking=TrackingConfig.model_validate(plan["tracking"]),
+        resume_from=plan.get("resume_from"),
+        tracker=Tracker(work / "metrics.jsonl", main_process=main_process),
+    )
+    record = {
+        "stage": cfg.name,
+        "kind": cfg.kind,
+        "status": "running",
+        "config": plan["stage"],
+        "config_hash": plan["config_hash"],
+        "inputs": plan["inputs"],
+        "resumed_from": ctx.resume_from,
+        "versions": library_versions(),
+        "git_commit": git_commit(),
+        "started": time.time(),
+    }
+    if main_process:
+        ctx.artifact_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(work / "stage.json", record)
+
+    from transformers import set_seed
+
+    set_seed(cfg.seed)
+    ctx.tracker.start_wandb(
+        ctx.tracking, pipeline=ctx.pipeline, run_id=plan["run_id"], stage=cfg.name, kind=cfg.kind, config=plan["stage"]
+    )
+    start = time.time()
+    try:
+        result = module.run(cfg, ctx)
+    except RlftError as e:
+        return _fail(work, record, ctx, main_process, str(e), code=2)
+    except Exception as e:  # noqa: BLE001 - record any failure in stage.json, then re-raise for the traceback
+        traceback.print_exc()
+        return _fail(work, record, ctx, main_process, f"{type(e).__name__}: {e}", code=1)
+
+    seconds = time.time() - start
+    ctx.tracker.finish(result.metrics)
+    if not main_process:
+        return 0
+    record.update(
+        status="done",
+        seconds=round(seconds, 2),
+        finished=time.time(),
+        metrics=result.metrics,
+        info=result.info,
+        has_model=result.has_model,
+        artifact_hash=model_files_hash(ctx.artifact_dir) if result.has_model else None,
+    )
+    write_json_atomic(ctx.artifact_dir / "stage.json", record)
+    if ctx.metrics_path.exists():
+        (ctx.artifact_dir / "metrics.jsonl").write_bytes(ctx.metrics_path.read_bytes())
+    replace_dir(ctx.artifact_dir, ctx.run_dir / cfg.name)
+    write_json_atomic(work / "stage.json", {**record, "info": None})
+    return 0
+
+
+def _fail(work: Path, record: dict, ctx: StageContext, main_process: bool, error: str, *, code: int) -> int:
+    print(f"[rlft] stage '{record['stage']}' failed: {error}", file=sys.stderr, flush=True)
+    ctx.tracker.finish()
+    if main_process:
+        write_json_atomic(work / "stage.json", {**record, "status": "failed", "error": error, "finished": time.time()})
+    return code
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        print("usage: python -m rlft.stages.runner WORK_DIR", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,150 @@
+"""`kind: sft`: supervised fine-tuning on TRL's SFTTrainer.
+
+Data: prompt-completion (standard or conversational) or language modelling (`text` or
+`messages`). The loss is on completions only by default: prompt tokens carry label -100
+(prompt-completion data), and for `messages` data only assistant turns train when the chat
+template marks them with `{% generation %}`.
+
+    setup: model + tokenizer (+ tuning) -> data -> SFTConfig -> SFTTrainer
+    train: trainer.train(resume_from_checkpoint=<last checkpoint of a run that died>)
+    save:  plain HF folder (adapters merged) + task reward of greedy generations
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from rlft.data import DataConfig
+from rlft.errors import ConfigError
+from rlft.models.tuning import FullTuning, TuningConfig
+from rlft.stages.common import StageBase, StageContext, StageResult, measure_task_reward
+
+# rlft's defaults for SFTConfig, applied unless the stage's `trainer:` sets the key.
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "gradient_checkpointing": False,  # TRL turns it on; on small models it only costs time (ENVIRONMENT.md)
+    "logging_steps": 5,  # log often: runs are short, curves are what users look at
+    "save_strategy": "steps",  # checkpoints make a stage that died resumable
+    "save_steps": 100,
+    "save_total_limit": 2,  # keep the last two checkpoints
+    "report_to": "none",  # rlft opens the W&B run itself (grouped by pipeline), see rlft/tracking.py
+    "per_device_train_batch_size": 8,
+    "num_train_epochs": 1,
+    "dataloader_num_workers": 0,
+}
+# Keys rlft sets itself; a stage may not set them in `trainer:`.
+OWNED = {"output_dir": "the stage folder is runs/<pipeline>/<stage> (change it with --run-dir)"}
+
+
+class Config(StageBase):
+    kind: Literal["sft"] = "sft"
+    data: DataConfig  # training (and eval) data: prompt-completion or language modelling
+    tuning: TuningConfig = Field(default_factory=FullTuning)  # which parameters train
+    trainer: dict[str, Any] = {}  # passes through to trl.SFTConfig (checked against its fields)
+    evaluate: bool = True  # measure the pipeline's task reward after training
+
+    trainer_config_class = "trl.trainer.sft_config:SFTConfig"
+
+
+def trainer_args(cfg: Config, ctx: StageContext, *, has_eval: bool, conversational_lm: bool, template: str | None) -> Any:
+    """Build SFTConfig: rlft's defaults, then the stage's `trainer:` section."""
+    import torch
+    from trl import SFTConfig
+
+    for key, why in OWNED.items():
+        if key in cfg.trainer:
+            raise ConfigError(f"stages.{cfg.name}.trainer.{key}: set by rlft: {why}")
+    cuda = torch.cuda.is_available()
+    args = {
+        **TRAINER_DEFAULTS,
+        "bf16": cuda and torch.cuda.is_bf16_supported(),  # no native bf16 on CPU: ~15x slower there
+        "use_cpu": not cuda,  # also what makes several CPU processes train together (gloo)
+        "seed": cfg.seed,
+        "eval_strategy": "steps" if has_eval else "no",
+        "eval_steps": 50,
+        # `messages` data: train on assistant turns only, when the template can mark them.
+        "assistant_only_loss": conversational_lm and template is not None and "{% generation %}" in template,
+        **cfg.trainer,
+        "output_dir": str(ctx.checkpoint_dir),
+    }
+    if conversational_lm and not args["assistant_only_loss"]:
+        ctx.log("WARNING: the chat template has no {% generation %} markers: loss on every token of `messages`")
+    try:
+        return SFTConfig(**args)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"stages.{cfg.name}.trainer: {e}") from None
+
+
+def make_trainer(cfg: Config, ctx: StageContext, *, callbacks: list | None = None) -> tuple[Any, dict[str, Any]]:
+    """Everything up to `trainer.train()`: model, tokenizer, tuning, data, SFTConfig, SFTTrainer."""
+    from trl import SFTTrainer
+
+    from rlft.data import load_stage_data
+    from rlft.models.loading import load_causal_lm, load_tokenizer, resolve_source
+    from rlft.models.tuning import apply_tuning, count_parameters
+
+    resolved = resolve_source(cfg.model, model_paths=ctx.model_paths, run_dir=ctx.run_dir, base_dir=ctx.base_dir)
+    ctx.log(f"model: {resolved.description}")
+    tokenizer, fixups = load_tokenizer(resolved, log=ctx.log)
+    model = load_causal_lm(resolved, dtype=cfg.model.dtype, tokenizer=tokenizer)
+    model = apply_tuning(model, cfg.tuning)
+    params = count_parameters(model)
+    ctx.log(
+        f"tuning: {cfg.tuning.method}: {params['trainable']:,} of {params['total']:,} parameters train "
+        f"({100 * params['trainable_fraction']:.2f}%)"
+    )
+
+    data = load_stage_data(
+        cfg.data,
+        formats=("language_modeling", "prompt_completion"),
+        base_dir=ctx.base_dir,
+        rejects_path=ctx.work_dir / "rejects.jsonl",
+        section=f"stages.{cfg.name}.data",
+    )
+    ctx.log(f"data: {data.format}, {len(data.train)} train rows, {len(data.eval) if data.eval is not None else 0} eval rows")
+    conversational_lm = data.format == "language_modeling" and "messages" in data.train.column_names
+    args = trainer_args(
+        cfg, ctx, has_eval=data.eval is not None, conversational_lm=conversational_lm, template=tokenizer.chat_template
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    info = {"parameters": params, "tokenizer_fixups": fixups, "data": data.report, "model": resolved.description}
+    return trainer, info
+
+
+def run(cfg: Config, ctx: StageContext) -> StageResult:
+    from rlft.models.tuning import save_model
+    from rlft.tracking import trainer_callback
+
+    trainer, info = make_trainer(cfg, ctx, callbacks=[trainer_callback(ctx.tracker)])
+    if ctx.resume_from:
+        ctx.log(f"resuming from {ctx.resume_from}")
+    trainer.train(resume_from_checkpoint=ctx.resume_from)
+
+    metrics: dict[str, Any] = {"train/global_step": trainer.state.global_step}
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    if losses:
+        metrics["train/loss"] = losses[-1]
+    if trainer.eval_dataset is not None:
+        evals = trainer.evaluate()
+        metrics["eval/loss"] = evals["eval_loss"]
+        ctx.tracker.log({"eval/loss": evals["eval_loss"]}, step=trainer.state.global_step)
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if ctx.is_main_process:
+        info["saved"] = save_model(model, trainer.processing_class, ctx.artifact_dir)
+        if cfg.evaluate:
+            merged = model.get_base_model() if hasattr(model, "get_base_model") else model
+            result = measure_task_reward(merged, trainer.processing_class, ctx)
+            if result is not None:
+                metrics["task_reward"] = result["task_reward"]
+                info["samples"] = result["samples"]
+                ctx.tracker.log({"task/reward": result["task_reward"]}, step=trainer.state.global_step)
+    return StageResult(metrics=metrics, info=info)

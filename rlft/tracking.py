@@ -1,0 +1,115 @@
+"""Metrics: always to ``metrics.jsonl``, and to one W&B run per stage when W&B is available.
+
+W&B runs are grouped by pipeline run (``group``) with ``job_type`` = stage kind. With no API
+key W&B runs offline; with a key but no reachable server, ``wandb.init`` would hang, so the wait
+is bounded (``tracking.init_timeout``) and rlft falls back to offline. Only the main process
+logs. Metric names are namespaced: ``train/loss``, ``eval/loss``, ``task/reward``, ...
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from rlft.config import TrackingConfig
+
+SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+
+def namespaced(logs: dict[str, Any]) -> dict[str, float]:
+    """Map the trainer's log keys to rlft's names: `loss` -> `train/loss`, `eval_loss` -> `eval/loss`."""
+    out = {}
+    for key, value in logs.items():
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        if "/" in key:
+            out[key] = value
+        elif key.startswith("eval_"):
+            out[f"eval/{key[5:]}"] = value
+        elif key.startswith("train_"):  # end-of-training summary (train_runtime, ...)
+            out[f"train/{key[6:]}"] = value
+        else:
+            out[f"train/{key}"] = value
+    return out
+
+
+class Tracker:
+    """Writes metrics.jsonl on the main process, and mirrors each record to W&B if a run is open."""
+
+    def __init__(self, metrics_path: Path, *, main_process: bool = True):
+        self.metrics_path = Path(metrics_path)
+        self.main_process = main_process
+        self.wandb_run: Any = None
+        self.last: dict[str, float] = {}  # latest value of every metric seen
+
+    def start_wandb(self, cfg: TrackingConfig, *, pipeline: str, run_id: str, stage: str, kind: str, config: dict) -> str:
+        """Open the stage's W&B run. Returns the mode used: online, offline or disabled."""
+        if not self.main_process:
+            return "disabled"
+        mode = os.environ.get("WANDB_MODE") or cfg.wandb
+        if mode == "auto":
+            mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+        if mode == "disabled":
+            return mode
+        import wandb
+
+        kwargs = dict(
+            project=cfg.project,
+            entity=cfg.entity,
+            group=f"{pipeline}-{run_id}",
+            job_type=kind,
+            name=f"{pipeline}/{stage}",
+            tags=cfg.tags,
+            config=config,
+            dir=str(self.metrics_path.parent),
+            reinit="finish_previous",
+        )
+        try:
+            self.wandb_run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=cfg.init_timeout), **kwargs)
+        except Exception as e:  # wandb raises its own error types on timeouts and auth failures
+            if mode != "online":
+                raise
+            print(f"[rlft] W&B online init failed ({type(e).__name__}: {e}); logging offline instead", flush=True)
+            mode = "offline"
+            self.wandb_run = wandb.init(mode=mode, **kwargs)
+        return mode
+
+    def log(self, metrics: dict[str, float], *, step: int) -> None:
+        if not self.main_process or not metrics:
+            return
+        self.last.update(metrics)
+        record = {"step": step, "time": round(time.time(), 3), **metrics}
+        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.wandb_run is not None:
+            self.wandb_run.log(metrics, step=step)
+
+    def finish(self, summary: dict[str, Any] | None = None) -> None:
+        if self.wandb_run is not None:
+            for key, value in (summary or {}).items():
+                self.wandb_run.summary[key] = value
+            self.wandb_run.finish()
+            self.wandb_run = None
+
+
+def trainer_callback(tracker: Tracker) -> Any:
+    """A transformers TrainerCallback that forwards the trainer's logs to `tracker`."""
+    from transformers import TrainerCallback
+
+    class _Forward(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                tracker.log(namespaced(logs), step=state.global_step)
+
+    return _Forward()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

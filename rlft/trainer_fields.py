@@ -1,0 +1,89 @@
+"""The field names of TRL / transformers config dataclasses, read without importing them.
+
+`rlft validate` checks each stage's ``trainer:`` keys against the fields of the config class it
+passes through to (``SFTConfig``, ``DPOConfig``, ...). Importing trl costs ~5-12 s on a small
+CPU box, so the names are read from the classes' source with ``ast`` instead, following base
+classes through ``from X import Name``. If that ever fails (a refactor upstream), we fall back
+to importing the class; ``tests/test_trainer_fields.py`` pins both ways to the same answer.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+from functools import cache
+from pathlib import Path
+
+# Re-exports that `from PACKAGE import Name` hides behind lazy __init__ files.
+_REEXPORTS = {("transformers", "TrainingArguments"): "transformers.training_args"}
+
+
+def check_trainer_keys(class_path: str, keys: dict) -> str | None:
+    """None when every key is a field of `class_path` ("module:Class"), else `key: message`."""
+    fields = config_fields(class_path)
+    for key in keys:
+        if key not in fields:
+            close = difflib.get_close_matches(key, sorted(fields), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            return f"{key}: unknown key for {class_path.split(':')[1]}{hint}"
+    return None
+
+
+@cache
+def config_fields(class_path: str) -> frozenset[str]:
+    module, name = class_path.split(":")
+    try:
+        fields = _ast_fields(module, name)
+        if fields:
+            return frozenset(fields)
+    except (OSError, SyntaxError, ValueError, AttributeError):
+        pass
+    return frozenset(imported_fields(class_path))
+
+
+def imported_fields(class_path: str) -> set[str]:
+    """The slow, certain way: import the class and read its dataclass fields."""
+    import dataclasses
+    import importlib
+
+    module, name = class_path.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    return {f.name for f in dataclasses.fields(cls) if f.init}
+
+
+def _ast_fields(module: str, name: str, depth: int = 0) -> set[str]:
+    if depth > 8:
+        raise ValueError("base class chain too deep")
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise ValueError(f"module {module} not found")
+    tree = ast.parse(Path(spec.origin).read_text())
+    cls = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name), None)
+    if cls is None:
+        raise ValueError(f"{name} not defined in {module}")
+    fields = {
+        n.target.id
+        for n in cls.body
+        if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name) and "ClassVar" not in ast.unparse(n.annotation)
+    }
+    for base in cls.bases:
+        if not isinstance(base, ast.Name):
+            continue
+        fields |= _ast_fields(_import_source(tree, module, base.id), base.id, depth + 1)
+    return fields
+
+
+def _import_source(tree: ast.Module, module: str, name: str) -> str:
+    """The module a base class name comes from (same module, or a `from X import name`)."""
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            return module
+        if isinstance(node, ast.ImportFrom) and any(a.name == name and a.asname is None for a in node.names):
+            if node.level:
+                package = module.rsplit(".", node.level)[0]
+                source = f"{package}.{node.module}" if node.module else package
+            else:
+                source = node.module or ""
+            return _REEXPORTS.get((source, name), source)
+    raise ValueError(f"cannot find where {name} comes from in {module}")
