@@ -18,7 +18,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import uuid
@@ -120,6 +119,7 @@ def run_pipeline(
             console.print(f"[yellow]resuming[/]: {stage.name} from {Path(resume_from).name} (an earlier run died)")
         command = stage_command(stage.launch, work, base_dir=pipeline.base_dir)
         console.print(f"[dim]$ {' '.join(command)}[/]")
+        (work / "stage.log").write_text(f"$ {' '.join(command)}\n")
         code = _stream(command, work / "stage.log")
         record = read_json(run_dir / stage.name / "stage.json") if code == 0 else read_json(work / "stage.json")
         if code == 0 and record and record.get("status") == "done":
@@ -225,22 +225,28 @@ def find_launch_config(launch: str, *, base_dir: Path) -> Path:
 
 
 def _stream(command: list[str], log_path: Path) -> int:
-    """Run a stage's process, copying its output (progress bars included) to the terminal and a log."""
+    """Run a stage's process, copying its output (progress bars included) to the terminal and a log.
+
+    The child stays in our process group, so Ctrl-C (or killing the group) reaches it too.
+    """
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     try:
         with open(log_path, "ab") as log:
+            out = getattr(sys.stdout, "buffer", None)
             while chunk := os.read(proc.stdout.fileno(), 65536):
-                sys.stdout.buffer.write(chunk)
+                if out is not None:
+                    out.write(chunk)
+                else:  # a text-only stdout (some test or notebook captures)
+                    sys.stdout.write(chunk.decode(errors="replace"))
                 sys.stdout.flush()
                 log.write(chunk)
         return proc.wait()
     except KeyboardInterrupt:
-        os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            proc.kill()
         raise
 
 

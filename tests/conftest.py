@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny pipelines over the quickstart's shipped data, W&B kept off the network."""
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+QUICKSTART_DATA = REPO / "configs" / "data" / "quickstart"
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def tiny_pipeline_yaml(*, name: str = "t", sft_trainer: str = "{max_steps: 4}", extra_stage: str = "", evaluate: bool = False) -> str:
+    """A one-stage SFT pipeline on a tiny model (hidden 32, 2 layers) and 64 quickstart rows."""
+    text = f"""
+    name: {name}
+    model:
+      tiny: {{hidden_size: 32, num_layers: 2, num_heads: 2, tokenizer_texts: [{QUICKSTART_DATA}/sft_train.jsonl]}}
+    stages:
+      - name: sft
+        kind: sft
+        data: {{train: {QUICKSTART_DATA}/sft_train.jsonl, max_rows: 64}}
+        trainer: {sft_trainer}
+    """
+    text = textwrap.dedent(text) + textwrap.indent(textwrap.dedent(extra_stage).strip("\n") + "\n", "  ")
+    if evaluate:
+        text += (
+            f"evaluate: {{prompts: {QUICKSTART_DATA}/heldout_prompts.jsonl, reward: reward_models.tasks:uppercase_copy, "
+            "max_prompts: 8, max_new_tokens: 8}\n"
+        )
+    return text
+
+
+@pytest.fixture
+def write_pipeline(tmp_path):
+    def write(**kwargs) -> Path:
+        path = tmp_path / "pipeline.yaml"
+        path.write_text(tiny_pipeline_yaml(**kwargs))
+        return path
+
+    return write

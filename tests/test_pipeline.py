@@ -1,0 +1,166 @@
+"""The pipeline runner end to end: artifacts, skipping, re-running on change, resuming a killed stage."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from rlft.cli import main
+from rlft.config import load_pipeline
+from rlft.errors import ConfigError
+from rlft.pipeline import run_pipeline
+
+pytestmark = pytest.mark.slow
+
+
+def stage_json(run_dir, stage):
+    return json.loads((run_dir / stage / "stage.json").read_text())
+
+
+def test_run_writes_artifacts_then_skips_then_reruns_on_change(tmp_path, write_pipeline, capsys):
+    pipeline = write_pipeline(evaluate=True)
+    run_dir = tmp_path / "run"
+    assert main(["run", str(pipeline), "--run-dir", str(run_dir)]) == 0
+
+    record = stage_json(run_dir, "sft")
+    assert record["status"] == "done" and record["kind"] == "sft"
+    assert record["inputs"]["model"].startswith("tiny:")
+    assert all(len(h) == 64 for h in record["inputs"]["data"].values())  # sha256 of each data file
+    assert {"torch", "transformers", "trl"} <= record["versions"].keys()
+    assert record["seconds"] > 0 and record["info"]["parameters"]["trainable"] > 0
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "metrics.jsonl", "stage.log"):
+        assert (run_dir / "sft" / name).exists(), name
+    assert not (run_dir / ".work" / "sft").exists()  # work folder removed once the artifact is in place
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [e["stage"] for e in summary] == ["base", "sft"]
+    assert all(0.0 <= e["task_reward"] <= 1.0 for e in summary)
+    assert summary[1]["seconds"] > 0
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    AutoModelForCausalLM.from_pretrained(run_dir / "sft")
+    assert AutoTokenizer.from_pretrained(run_dir / "sft").chat_template
+
+    # Same config and inputs: skipped, artifact untouched.
+    mtime = (run_dir / "sft" / "stage.json").stat().st_mtime
+    capsys.readouterr()
+    assert main(["run", str(pipeline), "--run-dir", str(run_dir)]) == 0
+    assert "skipped" in capsys.readouterr().out
+    assert (run_dir / "sft" / "stage.json").stat().st_mtime == mtime
+    assert [e["status"] for e in json.loads((run_dir / "summary.json").read_text())] == ["skipped", "skipped"]
+
+    # A changed trainer value re-runs sft, not base.
+    assert main(["run", str(pipeline), "--run-dir", str(run_dir), "--set", "stages.sft.trainer.learning_rate=0.01"]) == 0
+    statuses = {e["stage"]: e["status"] for e in json.loads((run_dir / "summary.json").read_text())}
+    assert statuses == {"base": "skipped", "sft": "ran"}
+    assert stage_json(run_dir, "sft")["config"]["trainer"]["learning_rate"] == 0.01
+
+    # --force re-runs even when done.
+    assert main(["run", str(pipeline), "--run-dir", str(run_dir), "--only", "sft", "--force"]) == 0
+    assert "learning_rate" not in stage_json(run_dir, "sft")["config"]["trainer"]
+
+
+def test_changed_data_reruns_the_stage(tmp_path):
+    from conftest import QUICKSTART_DATA
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join((QUICKSTART_DATA / "sft_train.jsonl").read_text().splitlines(keepends=True)[:32]))
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        f"name: d\nmodel: {{tiny: {{hidden_size: 32, num_layers: 1, num_heads: 2, tokenizer_texts: [{QUICKSTART_DATA}/sft_train.jsonl]}}}}\n"
+        "stages:\n  - {name: sft, kind: sft, data: {train: train.jsonl}, trainer: {max_steps: 2}}\n"
+    )
+    run_dir = tmp_path / "run"
+    first = run_pipeline(load_pipeline(path), run_dir=run_dir)
+    assert [o.status for o in first] == ["ran"]
+    with open(data, "a") as f:
+        row = {"prompt": [{"role": "user", "content": "shout: a b"}], "completion": [{"role": "assistant", "content": "A B"}]}
+        f.write(json.dumps(row) + "\n")
+    second = run_pipeline(load_pipeline(path), run_dir=run_dir)
+    assert [o.status for o in second] == ["ran"]
+    assert stage_json(run_dir, "sft")["inputs"]["data"] != first[0].record["inputs"]["data"]
+    assert stage_json(run_dir, "sft")["inputs"]["model"] == first[0].record["inputs"]["model"]
+
+
+def test_killed_stage_resumes_from_its_last_checkpoint(tmp_path, write_pipeline):
+    pipeline = write_pipeline(sft_trainer="{max_steps: 150, save_steps: 5, logging_steps: 1, per_device_train_batch_size: 2}")
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlft", "run", str(pipeline), "--run-dir", str(run_dir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: we kill the runner and the stage together
+    )
+    checkpoints = run_dir / ".work" / "sft" / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (checkpoints / "checkpoint-10" / "trainer_state.json").exists():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "sft").exists()  # no artifact from a stage that died
+    died = json.loads((run_dir / ".work" / "sft" / "stage.json").read_text())
+    assert died["status"] == "running"  # killed, so it never wrote its end
+    killed_at = max(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*"))
+    assert 10 <= killed_at < 150
+
+    outcomes = run_pipeline(load_pipeline(pipeline), run_dir=run_dir)
+    assert [o.status for o in outcomes] == ["ran"]
+    record = stage_json(run_dir, "sft")
+    assert record["resumed_from"].endswith(f"checkpoint-{killed_at}")
+    resumed_at = killed_at
+    assert record["metrics"]["train/global_step"] == 150
+    steps = [m["step"] for m in map(json.loads, (run_dir / "sft" / "metrics.jsonl").read_text().splitlines())]
+    # The second run logs from just after the checkpoint, not from step 1 again: no step up to the
+    # checkpoint is logged twice (steps after it may be, when the first run got past it before dying).
+    assert steps[0] == 1 and steps[-1] == 150
+    assert not [s for s in set(steps) if s <= resumed_at and steps.count(s) > 1]
+    assert set(range(1, 151)) <= set(steps)
+
+
+def test_failed_stage_reports_and_keeps_no_artifact(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "shout: a", "completion": "A"}\n{"prompt": "shout: b", "completion": ""}\n')
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "name: f\nmodel: {tiny: {hidden_size: 32, num_layers: 1, num_heads: 2, tokenizer_texts: [bad.jsonl]}}\n"
+        "stages:\n  - {name: sft, kind: sft, data: {train: bad.jsonl}, trainer: {max_steps: 2}}\n"
+    )
+    run_dir = tmp_path / "run"
+    assert main(["run", str(path), "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "stage 'sft' failed" in err and "bad.jsonl (line 2): field 'completion' is empty" in err
+    assert not (run_dir / "sft").exists()
+    assert json.loads((run_dir / ".work" / "sft" / "stage.json").read_text())["status"] == "failed"
+    assert json.loads((run_dir / "summary.json").read_text())[0]["status"] == "failed"
+
+
+def test_only_needs_finished_upstream(tmp_path, write_pipeline):
+    from conftest import QUICKSTART_DATA
+
+    pipeline = write_pipeline(
+        extra_stage=f"""
+      - name: sft2
+        kind: sft
+        model: {{from: sft}}
+        data: {{train: {QUICKSTART_DATA}/sft_train.jsonl}}
+    """
+    )
+    with pytest.raises(ConfigError, match="stage 'sft' has no finished artifact"):
+        run_pipeline(load_pipeline(pipeline), run_dir=tmp_path / "run", only="sft2")
+
+
+def test_launch_config_runs_the_stage_under_accelerate(tmp_path, write_pipeline):
+    text = write_pipeline(sft_trainer="{max_steps: 2}").read_text().replace("stages:", "launch: launch/cpu.yaml\nstages:")
+    path = tmp_path / "launch.yaml"
+    path.write_text(text)
+    run_dir = tmp_path / "run"
+    run_pipeline(load_pipeline(path), run_dir=run_dir)
+    assert stage_json(run_dir, "sft")["status"] == "done"
+    first_line = (run_dir / "sft" / "stage.log").read_text().splitlines()[0]
+    assert "accelerate launch --config_file" in first_line and first_line.endswith("launch/cpu.yaml -m rlft.stages.runner " + str(run_dir / ".work" / "sft"))
