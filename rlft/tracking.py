@@ -29,7 +29,9 @@ def namespaced(logs: dict[str, Any]) -> dict[str, float]:
             out[key] = value
         elif key.startswith("eval_"):
             out[f"eval/{key[5:]}"] = value
-        elif key.startswith("train_"):  # end-of-training summary (train_runtime, ...)
+        elif key == "train_loss":  # end-of-training summary: the mean over the run, not the last loss
+            out["train/mean_loss"] = value
+        elif key.startswith("train_"):  # train_runtime, train_samples_per_second, ...
             out[f"train/{key[6:]}"] = value
         else:
             out[f"train/{key}"] = value
