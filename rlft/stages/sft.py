@@ -23,7 +23,7 @@ from rlft.stages.common import StageBase, StageContext, StageResult, measure_tas
 
 # rlft's defaults for SFTConfig, applied unless the stage's `trainer:` sets the key.
 TRAINER_DEFAULTS: dict[str, Any] = {
-    "gradient_checkpointing": False,  # TRL turns it on; on small models it only costs time (ENVIRONMENT.md)
+    "activation_checkpointing": False,  # TRL turns it on; on small models it only costs time (ENVIRONMENT.md)
     "logging_steps": 5,  # log often: runs are short, curves are what users look at
     "save_strategy": "steps",  # checkpoints make a stage that died resumable
     "save_steps": 100,
@@ -68,6 +68,8 @@ def trainer_args(cfg: Config, ctx: StageContext, *, has_eval: bool, conversation
         **cfg.trainer,
         "output_dir": str(ctx.checkpoint_dir),
     }
+    if "gradient_checkpointing" in cfg.trainer and "activation_checkpointing" not in cfg.trainer:
+        args.pop("activation_checkpointing")  # the old name: let transformers map it (it would lose to ours)
     if conversational_lm and not args["assistant_only_loss"]:
         ctx.log("WARNING: the chat template has no {% generation %} markers: loss on every token of `messages`")
     try:
@@ -115,8 +117,19 @@ def make_trainer(cfg: Config, ctx: StageContext, *, callbacks: list | None = Non
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+    _check_truncation(cfg, ctx, before=len(data.train), after=len(trainer.train_dataset), max_length=args.max_length)
     info = {"parameters": params, "tokenizer_fixups": fixups, "data": data.report, "model": resolved.description}
     return trainer, info
+
+
+def _check_truncation(cfg: Config, ctx: StageContext, *, before: int, after: int, max_length: int | None) -> None:
+    """TRL drops rows whose completion was truncated away; say so, and refuse to train on nothing."""
+    if after == before:
+        return
+    what = f"{before - after} of {before} training rows have no completion token left after truncation to max_length={max_length}"
+    if after == 0:
+        raise ConfigError(f"stages.{cfg.name}: {what}; raise stages.{cfg.name}.trainer.max_length")
+    ctx.log(f"WARNING: {what}; they are left out (raise trainer.max_length to keep them)")
 
 
 def run(cfg: Config, ctx: StageContext) -> StageResult:
