@@ -126,3 +126,12 @@ def test_trainer_output_dir_is_owned_by_rlft(tmp_path, tiny_model):
     cfg, ctx = make(tmp_path, tiny_model, trainer={"output_dir": "/tmp/elsewhere"})
     with pytest.raises(ConfigError, match="trainer.output_dir: set by rlft"):
         sft.make_trainer(cfg, ctx)
+
+
+def test_packing_trains(tmp_path, tiny_model):
+    trainer_cfg = {"packing": True, "max_length": 128, "max_steps": 3, "per_device_train_batch_size": 2, "logging_steps": 1}
+    cfg, ctx = make(tmp_path, tiny_model, trainer=trainer_cfg)
+    trainer, _ = sft.make_trainer(cfg, ctx)
+    assert len(trainer.train_dataset) < 256  # rows were packed into fewer sequences
+    result = sft.run(cfg, ctx)
+    assert result.metrics["train/global_step"] == 3 and math.isfinite(result.metrics["train/loss"])
