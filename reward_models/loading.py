@@ -32,7 +32,9 @@ def load_function(spec: str, *, base_dir: str | Path = ".") -> Callable[..., lis
         try:
             module = importlib.import_module(module_part)
         except ImportError as e:
-            raise RewardLoadError(f"reward function '{spec}': cannot import module '{module_part}' ({e})") from None
+            raise RewardLoadError(
+                f"reward function '{spec}': cannot import module '{module_part}' ({e})"
+            ) from None
     fn = getattr(module, name, None)
     if not callable(fn):
         available = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))

@@ -18,7 +18,17 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-LIBRARIES = ("rlft", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "deepspeed", "tokenizers")
+LIBRARIES = (
+    "rlft",
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "datasets",
+    "accelerate",
+    "deepspeed",
+    "tokenizers",
+)
 
 
 def sha256_file(path: Path, *, chunk: int = 1 << 20) -> str:
@@ -63,7 +73,11 @@ def git_commit(cwd: Path | None = None) -> str | None:
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, timeout=5
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=5,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None

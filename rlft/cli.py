@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("pipeline", type=Path, help="pipeline YAML file")
     _run_options(run)
-    run.add_argument("--only", metavar="STAGE", help="run only this stage (the stages it starts from must be done)")
+    run.add_argument(
+        "--only", metavar="STAGE", help="run only this stage (the stages it starts from must be done)"
+    )
     run.add_argument("--from", dest="from_stage", metavar="STAGE", help="run this stage and every later one")
     run.add_argument(
         "--set",
@@ -122,7 +124,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
         for s in pipeline.stages:
             tuning = getattr(s, "tuning", None)
             table.add_row(
-                s.name, s.kind, s.model.describe() if s.model else "-", tuning.method if tuning else "-", s.launch or "python -m"
+                s.name,
+                s.kind,
+                s.model.describe() if s.model else "-",
+                tuning.method if tuning else "-",
+                s.launch or "python -m",
             )
         console.print(table)
     return 0

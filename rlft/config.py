@@ -89,7 +89,9 @@ class ModelSource(Strict):
 class TrackingConfig(Strict):
     """Where metrics go. ``metrics.jsonl`` is always written; W&B is optional."""
 
-    wandb: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: online if an API key is set, else offline
+    wandb: Literal["auto", "online", "offline", "disabled"] = (
+        "auto"  # auto: online if an API key is set, else offline
+    )
     project: str = "rlft"  # W&B project
     entity: str | None = None  # W&B team or user
     tags: list[str] = []  # W&B tags added to every stage's run
@@ -179,10 +181,14 @@ def load_pipeline(path: str | Path, *, overrides: dict[str, Any] | None = None) 
             if key not in spec and key in cls.model_fields:
                 value = getattr(top, key)
                 if value is not None:
-                    spec[key] = value.model_dump(by_alias=True, exclude_none=True) if key == "model" else value
+                    spec[key] = (
+                        value.model_dump(by_alias=True, exclude_none=True) if key == "model" else value
+                    )
         stage = _validate(cls, spec, prefix=where, source=path)
         if stage.name in seen:
-            raise ConfigError(f"{path}: {where}.name: '{stage.name}' is used by an earlier stage; names must be unique")
+            raise ConfigError(
+                f"{path}: {where}.name: '{stage.name}' is used by an earlier stage; names must be unique"
+            )
         seen.add(stage.name)
         stages.append(stage)
 
@@ -190,7 +196,11 @@ def load_pipeline(path: str | Path, *, overrides: dict[str, Any] | None = None) 
     check_references(pipeline)
     if top.evaluate is not None and "base" not in seen:
         # Measure the starting model first, so the summary shows what each stage changed.
-        base = {"name": "base", "kind": "evaluate", "model": stages[0].model.model_dump(by_alias=True, exclude_none=True)}
+        base = {
+            "name": "base",
+            "kind": "evaluate",
+            "model": stages[0].model.model_dump(by_alias=True, exclude_none=True),
+        }
         stages.insert(0, stage_config_class("evaluate").model_validate({**base, "seed": top.seed}))
     return pipeline
 
@@ -202,7 +212,9 @@ def check_references(pipeline: Pipeline) -> None:
     earlier: list[str] = []
     for i, stage in enumerate(pipeline.stages):
         if "model" in type(stage).model_fields and stage.model is None:
-            raise ConfigError(f"{pipeline.source}: stages[{i}].model: missing; give the stage a model or set the pipeline's model")
+            raise ConfigError(
+                f"{pipeline.source}: stages[{i}].model: missing; give the stage a model or set the pipeline's model"
+            )
         for key, ref in stage.references():
             if ref not in earlier:
                 hint = (
@@ -210,7 +222,9 @@ def check_references(pipeline: Pipeline) -> None:
                     if any(s.name == ref for s in pipeline.stages)
                     else f"earlier stages: {', '.join(earlier) or 'none'}{_suggest(ref, earlier)}"
                 )
-                raise ConfigError(f"{pipeline.source}: stages[{i}].{key}.from: '{ref}' is not an earlier stage; {hint}")
+                raise ConfigError(
+                    f"{pipeline.source}: stages[{i}].{key}.from: '{ref}' is not an earlier stage; {hint}"
+                )
         trainer_cls = getattr(stage, "trainer_config_class", None)
         if trainer_cls and getattr(stage, "trainer", None):
             problem = check_trainer_keys(trainer_cls, stage.trainer)
@@ -231,7 +245,9 @@ def _validate(cls: type[BaseModel], data: Any, *, prefix: str, source: Path) -> 
         raise ConfigError(format_validation_error(e, cls, prefix=prefix, source=source)) from None
 
 
-def format_validation_error(err: ValidationError, cls: type[BaseModel], *, prefix: str = "", source: Path | None = None) -> str:
+def format_validation_error(
+    err: ValidationError, cls: type[BaseModel], *, prefix: str = "", source: Path | None = None
+) -> str:
     """One line per problem: `file: key.path: what is wrong`, with a did-you-mean for unknown keys."""
     lines = []
     for e in err.errors():
@@ -247,7 +263,11 @@ def format_validation_error(err: ValidationError, cls: type[BaseModel], *, prefi
             path, msg = _join_path(prefix, shown), "missing; this key is required"
         else:
             path, msg = _join_path(prefix, shown), e["msg"].removeprefix("Value error, ")
-            if e["type"] not in ("value_error", "assertion_error") and "input" in e and not isinstance(e["input"], dict):
+            if (
+                e["type"] not in ("value_error", "assertion_error")
+                and "input" in e
+                and not isinstance(e["input"], dict)
+            ):
                 msg += f" (got {e['input']!r})"
         lines.append(f"{source}: {path}: {msg}" if source else f"{path}: {msg}")
     return "\n".join(dict.fromkeys(lines))
@@ -284,7 +304,11 @@ def _walk(cls: type[BaseModel], loc: list[Any]) -> tuple[list[Any], list[type[Ba
         elif isinstance(part, int):
             shown.append(part)
         else:  # a union member's tag: narrow to the members it names, keep it out of the path
-            tagged = [m for m in models if part in {str(f.default) for f in m.model_fields.values()} or m.__name__ == part]
+            tagged = [
+                m
+                for m in models
+                if part in {str(f.default) for f in m.model_fields.values()} or m.__name__ == part
+            ]
             models = tagged or models
     return shown, models
 
@@ -311,7 +335,9 @@ def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
     while i < len(parts) - 1:
         if node is raw and parts[i] == "stages":
             name = parts[i + 1]
-            node = next((s for s in raw.get("stages") or [] if isinstance(s, dict) and s.get("name") == name), None)
+            node = next(
+                (s for s in raw.get("stages") or [] if isinstance(s, dict) and s.get("name") == name), None
+            )
             if node is None:
                 raise ConfigError(f"override {dotted}: no stage named '{name}'")
             i += 2

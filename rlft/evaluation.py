@@ -76,10 +76,13 @@ def task_reward(
         raise ValueError("task_reward: no rows to evaluate")
     prompts = [row["prompt"] for row in rows]
     fields = {key: [row.get(key) for row in rows] for key in rows[0] if key != "prompt"}
-    completions = greedy_completions(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    completions = greedy_completions(
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size
+    )
     rewards = [float(r) for r in reward_fn(prompts, completions, **fields)]
     samples = [
-        {"prompt": p, "completion": c, "reward": r} for p, c, r in zip(prompts[:5], completions[:5], rewards[:5])
+        {"prompt": p, "completion": c, "reward": r}
+        for p, c, r in zip(prompts[:5], completions[:5], rewards[:5], strict=True)
     ]
     return {"task_reward": sum(rewards) / len(rewards), "n": len(rows), "samples": samples}
 

@@ -91,7 +91,9 @@ def run_pipeline(
                 )
         config_hash, inputs = stage_fingerprint(pipeline, stage, run_dir, model_paths, artifact_hashes)
         if done and not force and done.get("config_hash") == config_hash and done.get("inputs") == inputs:
-            console.print(f"[green]skipped[/]: {stage.name} is done with the same config and inputs (--force re-runs it)")
+            console.print(
+                f"[green]skipped[/]: {stage.name} is done with the same config and inputs (--force re-runs it)"
+            )
             outcomes.append(StageOutcome(stage.name, stage.kind, "skipped", done))
             continue
 
@@ -116,12 +118,16 @@ def run_pipeline(
         }
         write_json_atomic(work / "plan.json", plan)
         if resume_from:
-            console.print(f"[yellow]resuming[/]: {stage.name} from {Path(resume_from).name} (an earlier run died)")
+            console.print(
+                f"[yellow]resuming[/]: {stage.name} from {Path(resume_from).name} (an earlier run died)"
+            )
         command = stage_command(stage.launch, work, base_dir=pipeline.base_dir)
         console.print(f"[dim]$ {' '.join(command)}[/]")
         (work / "stage.log").write_text(f"$ {' '.join(command)}\n")
         code = _stream(command, work / "stage.log")
-        record = read_json(run_dir / stage.name / "stage.json") if code == 0 else read_json(work / "stage.json")
+        record = (
+            read_json(run_dir / stage.name / "stage.json") if code == 0 else read_json(work / "stage.json")
+        )
         if code == 0 and record and record.get("status") == "done":
             shutil.copyfile(work / "stage.log", run_dir / stage.name / "stage.log")
             shutil.rmtree(work, ignore_errors=True)
@@ -134,30 +140,46 @@ def run_pipeline(
     print_summary(console, outcomes, run_dir)
     if failed is not None:
         error = failed.record.get("error") or "see its log"
-        raise StageFailed(f"stage '{failed.name}' failed: {error}\n  log: {run_dir / '.work' / failed.name / 'stage.log'}")
+        raise StageFailed(
+            f"stage '{failed.name}' failed: {error}\n  log: {run_dir / '.work' / failed.name / 'stage.log'}"
+        )
     return outcomes
 
 
-def stage_fingerprint(pipeline: Pipeline, stage: Any, run_dir: Path, model_paths: dict, artifact_hashes: dict) -> tuple[str, dict]:
+def stage_fingerprint(
+    pipeline: Pipeline, stage: Any, run_dir: Path, model_paths: dict, artifact_hashes: dict
+) -> tuple[str, dict]:
     """(config hash, content hashes of the inputs): what decides whether a finished stage is still valid."""
     from rlft.models.loading import source_hash
 
     evaluates = pipeline.config.evaluate is not None and getattr(stage, "evaluate", True)
-    hashed = {"stage": stage.hashed_config(), "evaluate": pipeline.config.evaluate.model_dump() if evaluates else None}
+    hashed = {
+        "stage": stage.hashed_config(),
+        "evaluate": pipeline.config.evaluate.model_dump() if evaluates else None,
+    }
     inputs: dict[str, Any] = {}
     for key in type(stage).model_fields:
         value = getattr(stage, key)
         if isinstance(value, ModelSource):
             inputs[key] = source_hash(
-                value, model_paths=model_paths, artifact_hashes=artifact_hashes, run_dir=run_dir, base_dir=pipeline.base_dir
+                value,
+                model_paths=model_paths,
+                artifact_hashes=artifact_hashes,
+                run_dir=run_dir,
+                base_dir=pipeline.base_dir,
             )
     data = getattr(stage, "data", None)
     if data is not None:
-        inputs["data"] = {p: hash_path(Path(p)) for p in _local_paths(data.model_dump(mode="json"), pipeline.base_dir)}
+        inputs["data"] = {
+            p: hash_path(Path(p)) for p in _local_paths(data.model_dump(mode="json"), pipeline.base_dir)
+        }
     if evaluates:
         inputs["evaluate"] = {
             p: hash_path(Path(p))
-            for p in _local_paths([pipeline.config.evaluate.prompts, pipeline.config.evaluate.reward.split(":")[0]], pipeline.base_dir)
+            for p in _local_paths(
+                [pipeline.config.evaluate.prompts, pipeline.config.evaluate.reward.split(":")[0]],
+                pipeline.base_dir,
+            )
         }
     return hash_json(hashed), inputs
 
@@ -198,7 +220,9 @@ def _resume_point(work: Path, config_hash: str, inputs: dict, *, force: bool) ->
     plan = read_json(work / "plan.json")
     if not plan or plan.get("config_hash") != config_hash or plan.get("inputs") != inputs:
         return None
-    checkpoints = sorted((work / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    checkpoints = sorted(
+        (work / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])
+    )
     complete = [c for c in checkpoints if (c / "trainer_state.json").exists()]
     return str(complete[-1]) if complete else None
 
@@ -208,7 +232,9 @@ def stage_command(launch: str | None, work: Path, *, base_dir: Path) -> list[str
     if launch is None:
         return [sys.executable, *runner]
     config = find_launch_config(launch, base_dir=base_dir)
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which(
+        "accelerate"
+    )
     if accelerate is None:
         raise ConfigError("launch: the `accelerate` command is not installed in this environment")
     return [accelerate, "launch", "--config_file", str(config), *runner]
@@ -217,11 +243,15 @@ def stage_command(launch: str | None, work: Path, *, base_dir: Path) -> list[str
 def find_launch_config(launch: str, *, base_dir: Path) -> Path:
     """A launch config path: relative to the pipeline file, the working folder, or rlft's own launch/."""
     p = Path(launch).expanduser()
-    candidates = [p] if p.is_absolute() else [base_dir / p, Path.cwd() / p, REPO_ROOT / p, REPO_ROOT / "launch" / p]
+    candidates = (
+        [p] if p.is_absolute() else [base_dir / p, Path.cwd() / p, REPO_ROOT / p, REPO_ROOT / "launch" / p]
+    )
     for c in candidates:
         if c.is_file():
             return c.resolve()
-    raise ConfigError(f"launch: {launch}: no such accelerate config (looked in {', '.join(str(c.parent) for c in candidates)})")
+    raise ConfigError(
+        f"launch: {launch}: no such accelerate config (looked in {', '.join(str(c.parent) for c in candidates)})"
+    )
 
 
 def _stream(command: list[str], log_path: Path) -> int:

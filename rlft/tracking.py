@@ -47,7 +47,9 @@ class Tracker:
         self.wandb_run: Any = None
         self.last: dict[str, float] = {}  # latest value of every metric seen
 
-    def start_wandb(self, cfg: TrackingConfig, *, pipeline: str, run_id: str, stage: str, kind: str, config: dict) -> str:
+    def start_wandb(
+        self, cfg: TrackingConfig, *, pipeline: str, run_id: str, stage: str, kind: str, config: dict
+    ) -> str:
         """Open the stage's W&B run. Returns the mode used: online, offline or disabled."""
         if not self.main_process:
             return "disabled"
@@ -70,11 +72,16 @@ class Tracker:
             reinit="finish_previous",
         )
         try:
-            self.wandb_run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=cfg.init_timeout), **kwargs)
+            self.wandb_run = wandb.init(
+                mode=mode, settings=wandb.Settings(init_timeout=cfg.init_timeout), **kwargs
+            )
         except Exception as e:  # wandb raises its own error types on timeouts and auth failures
             if mode != "online":
                 raise
-            print(f"[rlft] W&B online init failed ({type(e).__name__}: {e}); logging offline instead", flush=True)
+            print(
+                f"[rlft] W&B online init failed ({type(e).__name__}: {e}); logging offline instead",
+                flush=True,
+            )
             mode = "offline"
             self.wandb_run = wandb.init(mode=mode, **kwargs)
         return mode

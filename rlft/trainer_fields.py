@@ -65,7 +65,9 @@ def _ast_fields(module: str, name: str, depth: int = 0) -> set[str]:
     fields = {
         n.target.id
         for n in cls.body
-        if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name) and "ClassVar" not in ast.unparse(n.annotation)
+        if isinstance(n, ast.AnnAssign)
+        and isinstance(n.target, ast.Name)
+        and "ClassVar" not in ast.unparse(n.annotation)
     }
     for base in cls.bases:
         if not isinstance(base, ast.Name):

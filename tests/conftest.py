@@ -14,7 +14,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def tiny_pipeline_yaml(*, name: str = "t", sft_trainer: str = "{max_steps: 4}", extra_stage: str = "", evaluate: bool = False) -> str:
+def tiny_pipeline_yaml(
+    *, name: str = "t", sft_trainer: str = "{max_steps: 4}", extra_stage: str = "", evaluate: bool = False
+) -> str:
     """A one-stage SFT pipeline on a tiny model (hidden 32, 2 layers) and 64 quickstart rows."""
     text = f"""
     name: {name}

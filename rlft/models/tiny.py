@@ -136,7 +136,9 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int = 512, max_length: 
     from transformers import PreTrainedTokenizerFast
 
     if vocab_size < 256 + len(SPECIAL_TOKENS):
-        raise ValueError(f"vocab_size {vocab_size} is below the 256-byte alphabet plus {len(SPECIAL_TOKENS)} special tokens")
+        raise ValueError(
+            f"vocab_size {vocab_size} is below the 256-byte alphabet plus {len(SPECIAL_TOKENS)} special tokens"
+        )
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()

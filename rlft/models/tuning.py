@@ -31,7 +31,9 @@ class LoraTuning(Strict):
     r: int = Field(default=16, gt=0)  # adapter rank: higher = more capacity and memory
     alpha: float = 32  # scaling numerator: the update is scaled by alpha / r (alpha / sqrt(r) with rslora)
     dropout: float = Field(default=0.05, ge=0, lt=1)  # dropout on the adapter's input
-    target_modules: str | list[str] = "all-linear"  # module names to adapt; all-linear = every linear but the head
+    target_modules: str | list[str] = (
+        "all-linear"  # module names to adapt; all-linear = every linear but the head
+    )
     use_rslora: bool = False  # rank-stabilised scaling alpha / sqrt(r) (Kalajdzievski, 2023)
     modules_to_save: list[str] | None = None  # modules trained fully beside the adapters (e.g. a score head)
 

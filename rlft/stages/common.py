@@ -16,7 +16,9 @@ from rlft.config import EvaluateConfig, ModelSource, Strict, TrackingConfig
 class StageBase(Strict):
     """Keys every stage accepts. A stage's own config class adds its kind's keys."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # unique in the pipeline; names the stage folder
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+    )  # unique in the pipeline; names the stage folder
     kind: str  # which stage module runs it (see rlft.stages.STAGES)
     model: ModelSource | None = None  # what the stage starts from; defaults to the pipeline's `model`
     launch: str | None = None  # accelerate config file; none: the stage runs as plain `python -m`
@@ -76,7 +78,9 @@ class StageContext:
 class StageResult:
     """What a stage returns: its metrics summary and facts worth recording in stage.json."""
 
-    metrics: dict[str, Any] = field(default_factory=dict)  # summary: final train/eval metrics, task_reward, ...
+    metrics: dict[str, Any] = field(
+        default_factory=dict
+    )  # summary: final train/eval metrics, task_reward, ...
     info: dict[str, Any] = field(default_factory=dict)  # parameters, tokenizer fix-ups, data report, ...
     has_model: bool = True  # False for stages that only measure (evaluate)
 

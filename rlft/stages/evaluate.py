@@ -18,7 +18,9 @@ class Config(StageBase):
 def run(cfg: Config, ctx: StageContext) -> StageResult:
     from rlft.models.loading import load_causal_lm, load_tokenizer, resolve_source
 
-    resolved = resolve_source(cfg.model, model_paths=ctx.model_paths, run_dir=ctx.run_dir, base_dir=ctx.base_dir)
+    resolved = resolve_source(
+        cfg.model, model_paths=ctx.model_paths, run_dir=ctx.run_dir, base_dir=ctx.base_dir
+    )
     ctx.log(f"evaluating {resolved.description}")
     tokenizer, fixups = load_tokenizer(resolved, log=ctx.log)
     model = load_causal_lm(resolved, dtype=cfg.model.dtype, tokenizer=tokenizer)
@@ -28,4 +30,8 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         model.to("cuda")
     result = measure_task_reward(model, tokenizer, ctx)
     metrics = {"task_reward": result["task_reward"]} if result else {}
-    return StageResult(metrics=metrics, info={"tokenizer_fixups": fixups, "samples": (result or {}).get("samples")}, has_model=False)
+    return StageResult(
+        metrics=metrics,
+        info={"tokenizer_fixups": fixups, "samples": (result or {}).get("samples")},
+        has_model=False,
+    )

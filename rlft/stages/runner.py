@@ -64,7 +64,12 @@ def main(work_dir: str) -> int:
 
     set_seed(cfg.seed)
     ctx.tracker.start_wandb(
-        ctx.tracking, pipeline=ctx.pipeline, run_id=plan["run_id"], stage=cfg.name, kind=cfg.kind, config=plan["stage"]
+        ctx.tracking,
+        pipeline=ctx.pipeline,
+        run_id=plan["run_id"],
+        stage=cfg.name,
+        kind=cfg.kind,
+        config=plan["stage"],
     )
     start = time.time()
     try:
@@ -100,7 +105,9 @@ def _fail(work: Path, record: dict, ctx: StageContext, main_process: bool, error
     print(f"[rlft] stage '{record['stage']}' failed: {error}", file=sys.stderr, flush=True)
     ctx.tracker.finish()
     if main_process:
-        write_json_atomic(work / "stage.json", {**record, "status": "failed", "error": error, "finished": time.time()})
+        write_json_atomic(
+            work / "stage.json", {**record, "status": "failed", "error": error, "finished": time.time()}
+        )
     return code
 
 

@@ -47,7 +47,9 @@ class Config(StageBase):
     trainer_config_class = "trl.trainer.sft_config:SFTConfig"
 
 
-def trainer_args(cfg: Config, ctx: StageContext, *, has_eval: bool, conversational_lm: bool, template: str | None) -> Any:
+def trainer_args(
+    cfg: Config, ctx: StageContext, *, has_eval: bool, conversational_lm: bool, template: str | None
+) -> Any:
     """Build SFTConfig: rlft's defaults, then the stage's `trainer:` section."""
     import torch
     from trl import SFTConfig
@@ -71,14 +73,18 @@ def trainer_args(cfg: Config, ctx: StageContext, *, has_eval: bool, conversation
     if "gradient_checkpointing" in cfg.trainer and "activation_checkpointing" not in cfg.trainer:
         args.pop("activation_checkpointing")  # the old name: let transformers map it (it would lose to ours)
     if conversational_lm and not args["assistant_only_loss"]:
-        ctx.log("WARNING: the chat template has no {% generation %} markers: loss on every token of `messages`")
+        ctx.log(
+            "WARNING: the chat template has no {% generation %} markers: loss on every token of `messages`"
+        )
     try:
         return SFTConfig(**args)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"stages.{cfg.name}.trainer: {e}") from None
 
 
-def make_trainer(cfg: Config, ctx: StageContext, *, callbacks: list | None = None) -> tuple[Any, dict[str, Any]]:
+def make_trainer(
+    cfg: Config, ctx: StageContext, *, callbacks: list | None = None
+) -> tuple[Any, dict[str, Any]]:
     """Everything up to `trainer.train()`: model, tokenizer, tuning, data, SFTConfig, SFTTrainer."""
     from trl import SFTTrainer
 
@@ -86,7 +92,9 @@ def make_trainer(cfg: Config, ctx: StageContext, *, callbacks: list | None = Non
     from rlft.models.loading import load_causal_lm, load_tokenizer, resolve_source
     from rlft.models.tuning import apply_tuning, count_parameters
 
-    resolved = resolve_source(cfg.model, model_paths=ctx.model_paths, run_dir=ctx.run_dir, base_dir=ctx.base_dir)
+    resolved = resolve_source(
+        cfg.model, model_paths=ctx.model_paths, run_dir=ctx.run_dir, base_dir=ctx.base_dir
+    )
     ctx.log(f"model: {resolved.description}")
     tokenizer, fixups = load_tokenizer(resolved, log=ctx.log)
     model = load_causal_lm(resolved, dtype=cfg.model.dtype, tokenizer=tokenizer)
@@ -104,10 +112,16 @@ def make_trainer(cfg: Config, ctx: StageContext, *, callbacks: list | None = Non
         rejects_path=ctx.work_dir / "rejects.jsonl",
         section=f"stages.{cfg.name}.data",
     )
-    ctx.log(f"data: {data.format}, {len(data.train)} train rows, {len(data.eval) if data.eval is not None else 0} eval rows")
+    ctx.log(
+        f"data: {data.format}, {len(data.train)} train rows, {len(data.eval) if data.eval is not None else 0} eval rows"
+    )
     conversational_lm = data.format == "language_modeling" and "messages" in data.train.column_names
     args = trainer_args(
-        cfg, ctx, has_eval=data.eval is not None, conversational_lm=conversational_lm, template=tokenizer.chat_template
+        cfg,
+        ctx,
+        has_eval=data.eval is not None,
+        conversational_lm=conversational_lm,
+        template=tokenizer.chat_template,
     )
     trainer = SFTTrainer(
         model=model,
@@ -117,12 +131,21 @@ def make_trainer(cfg: Config, ctx: StageContext, *, callbacks: list | None = Non
         processing_class=tokenizer,
         callbacks=callbacks,
     )
-    _check_truncation(cfg, ctx, before=len(data.train), after=len(trainer.train_dataset), max_length=args.max_length)
-    info = {"parameters": params, "tokenizer_fixups": fixups, "data": data.report, "model": resolved.description}
+    _check_truncation(
+        cfg, ctx, before=len(data.train), after=len(trainer.train_dataset), max_length=args.max_length
+    )
+    info = {
+        "parameters": params,
+        "tokenizer_fixups": fixups,
+        "data": data.report,
+        "model": resolved.description,
+    }
     return trainer, info
 
 
-def _check_truncation(cfg: Config, ctx: StageContext, *, before: int, after: int, max_length: int | None) -> None:
+def _check_truncation(
+    cfg: Config, ctx: StageContext, *, before: int, after: int, max_length: int | None
+) -> None:
     """TRL drops rows whose completion was truncated away; say so, and refuse to train on nothing."""
     if after == before:
         return

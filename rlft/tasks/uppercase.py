@@ -174,7 +174,9 @@ def quickstart_data(
     train_prompts = {
         row["prompt"][0]["content"] for name in ("sft_train.jsonl", "prefs_train.jsonl") for row in data[name]
     }
-    assert not train_prompts & {row["prompt"][0]["content"] for row in heldout}, "held-out prompt seen in training"
+    assert not train_prompts & {row["prompt"][0]["content"] for row in heldout}, (
+        "held-out prompt seen in training"
+    )
     return data
 
 
@@ -194,12 +196,18 @@ def write_quickstart_data(out_dir: str | os.PathLike, *, seed: int = 0, **sizes_
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m rlft.tasks.uppercase", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m rlft.tasks.uppercase", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--out", required=True, help="folder to write the JSONL files into")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--flaw-fraction", type=float, default=0.8, help="share of long demonstrations in lower case")
+    parser.add_argument(
+        "--flaw-fraction", type=float, default=0.8, help="share of long demonstrations in lower case"
+    )
     args = parser.parse_args(argv)
-    for name, path in write_quickstart_data(args.out, seed=args.seed, flaw_fraction=args.flaw_fraction).items():
+    for name, path in write_quickstart_data(
+        args.out, seed=args.seed, flaw_fraction=args.flaw_fraction
+    ).items():
         print(f"{name}: {path}")
 
 

@@ -15,11 +15,18 @@ from rlft.models.tiny import build_tiny_from_texts
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     texts = (QUICKSTART_DATA / "sft_train.jsonl").read_text().splitlines()[:200]
-    return build_tiny_from_texts(texts, tmp_path_factory.mktemp("m") / "tiny", hidden_size=32, num_layers=1, num_heads=2)
+    return build_tiny_from_texts(
+        texts, tmp_path_factory.mktemp("m") / "tiny", hidden_size=32, num_layers=1, num_heads=2
+    )
 
 
 def resolve(source, tmp_path, **kw):
-    return resolve_source(ModelSource.model_validate(source), model_paths=kw.get("paths", {}), run_dir=tmp_path, base_dir=tmp_path)
+    return resolve_source(
+        ModelSource.model_validate(source),
+        model_paths=kw.get("paths", {}),
+        run_dir=tmp_path,
+        base_dir=tmp_path,
+    )
 
 
 def test_tokenizer_fixups_are_applied_and_reported(tiny, tmp_path):
@@ -53,7 +60,9 @@ def test_from_stage_resolves_to_its_artifact(tiny, tmp_path):
 
 def test_trust_remote_code_is_off_unless_set(tiny, tmp_path):
     assert resolve({"path": str(tiny)}, tmp_path).kwargs["trust_remote_code"] is False
-    assert resolve({"path": str(tiny), "trust_remote_code": True}, tmp_path).kwargs["trust_remote_code"] is True
+    assert (
+        resolve({"path": str(tiny), "trust_remote_code": True}, tmp_path).kwargs["trust_remote_code"] is True
+    )
 
 
 def test_missing_sources_say_what_to_do(tmp_path):
@@ -65,8 +74,12 @@ def test_missing_sources_say_what_to_do(tmp_path):
 
 def test_tiny_source_is_built_once_and_loads(tmp_path):
     texts = tmp_path / "texts.jsonl"
-    texts.write_text("".join((QUICKSTART_DATA / "sft_train.jsonl").read_text().splitlines(keepends=True)[:100]))
-    source = {"tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "tokenizer_texts": ["texts.jsonl"]}}
+    texts.write_text(
+        "".join((QUICKSTART_DATA / "sft_train.jsonl").read_text().splitlines(keepends=True)[:100])
+    )
+    source = {
+        "tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "tokenizer_texts": ["texts.jsonl"]}
+    }
     first = resolve(source, tmp_path)
     mtime = (tmp_path / first.name_or_path / "model.safetensors").stat().st_mtime
     again = resolve(source, tmp_path)

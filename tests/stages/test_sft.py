@@ -17,7 +17,9 @@ from rlft.tracking import Tracker, read_metrics
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     texts = [line for line in (QUICKSTART_DATA / "sft_train.jsonl").read_text().splitlines()]
-    return build_tiny_from_texts(texts, tmp_path_factory.mktemp("tiny") / "model", hidden_size=32, num_layers=2, num_heads=2)
+    return build_tiny_from_texts(
+        texts, tmp_path_factory.mktemp("tiny") / "model", hidden_size=32, num_layers=2, num_heads=2
+    )
 
 
 def make(tmp_path: Path, tiny_model: Path, **overrides) -> tuple[sft.Config, StageContext]:
@@ -26,7 +28,12 @@ def make(tmp_path: Path, tiny_model: Path, **overrides) -> tuple[sft.Config, Sta
         "kind": "sft",
         "model": {"path": str(tiny_model)},
         "data": {"train": str(QUICKSTART_DATA / "sft_train.jsonl"), "max_rows": 256},
-        "trainer": {"max_steps": 40, "learning_rate": 3e-3, "logging_steps": 5, "per_device_train_batch_size": 16},
+        "trainer": {
+            "max_steps": 40,
+            "learning_rate": 3e-3,
+            "logging_steps": 5,
+            "per_device_train_batch_size": 16,
+        },
         **overrides,
     }
     cfg = sft.Config.model_validate(spec)
@@ -75,7 +82,11 @@ def test_sft_loss_falls_params_change_artifact_reloads(tmp_path, tiny_model):
 
 
 def test_sft_with_eval_split_reports_eval_loss(tmp_path, tiny_model):
-    cfg, ctx = make(tmp_path, tiny_model, data={"train": str(QUICKSTART_DATA / "sft_train.jsonl"), "max_rows": 128, "eval_fraction": 0.25})
+    cfg, ctx = make(
+        tmp_path,
+        tiny_model,
+        data={"train": str(QUICKSTART_DATA / "sft_train.jsonl"), "max_rows": 128, "eval_fraction": 0.25},
+    )
     result = sft.run(cfg, ctx)
     assert math.isfinite(result.metrics["eval/loss"])
     assert result.info["data"]["eval"]["rows"] == 32
@@ -107,12 +118,22 @@ def test_lora_trains_adapters_and_saves_merged_model(tmp_path, tiny_model):
 
 def test_messages_data_trains_assistant_turns_only(tmp_path, tiny_model):
     rows = [
-        {"messages": [{"role": "user", "content": f"shout: {c}"}, {"role": "assistant", "content": c.upper()}]}
+        {
+            "messages": [
+                {"role": "user", "content": f"shout: {c}"},
+                {"role": "assistant", "content": c.upper()},
+            ]
+        }
         for c in ("a b c", "d e f", "g h i", "j k l")
     ]
     data = tmp_path / "messages.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg, ctx = make(tmp_path, tiny_model, data={"train": str(data)}, trainer={"max_steps": 1, "per_device_train_batch_size": 2})
+    cfg, ctx = make(
+        tmp_path,
+        tiny_model,
+        data={"train": str(data)},
+        trainer={"max_steps": 1, "per_device_train_batch_size": 2},
+    )
     trainer, _ = sft.make_trainer(cfg, ctx)
     assert trainer.args.assistant_only_loss
     batch = trainer.data_collator([trainer.train_dataset[0]])
@@ -129,7 +150,13 @@ def test_trainer_output_dir_is_owned_by_rlft(tmp_path, tiny_model):
 
 
 def test_packing_trains(tmp_path, tiny_model):
-    trainer_cfg = {"packing": True, "max_length": 128, "max_steps": 3, "per_device_train_batch_size": 2, "logging_steps": 1}
+    trainer_cfg = {
+        "packing": True,
+        "max_length": 128,
+        "max_steps": 3,
+        "per_device_train_batch_size": 2,
+        "logging_steps": 1,
+    }
     cfg, ctx = make(tmp_path, tiny_model, trainer=trainer_cfg)
     trainer, _ = sft.make_trainer(cfg, ctx)
     assert len(trainer.train_dataset) < 256  # rows were packed into fewer sequences
