@@ -194,6 +194,7 @@ def load_pipeline(path: str | Path, *, overrides: dict[str, Any] | None = None) 
 
     pipeline = Pipeline(config=top, stages=stages, source=path.resolve(), base_dir=path.resolve().parent)
     check_references(pipeline)
+    check_files(pipeline)
     if top.evaluate is not None and "base" not in seen:
         # Measure the starting model first, so the summary shows what each stage changed.
         base = {
@@ -231,6 +232,31 @@ def check_references(pipeline: Pipeline) -> None:
             if problem:
                 raise ConfigError(f"{pipeline.source}: stages[{i}].trainer.{problem}")
         earlier.append(stage.name)
+
+
+def check_files(pipeline: Pipeline) -> None:
+    """Data sources and evaluation prompts must exist (hub dataset names are checked when loaded)."""
+    from rlft.data.config import as_sources
+    from rlft.data.sources import resolve_source
+    from rlft.errors import DataError
+
+    for i, stage in enumerate(pipeline.stages):
+        data = getattr(stage, "data", None)
+        for split in ("train", "eval") if data is not None else ():
+            for source in as_sources(getattr(data, split)):
+                try:
+                    resolve_source(source, key=f"stages[{i}].data.{split}", base_dir=pipeline.base_dir)
+                except DataError as e:
+                    raise ConfigError(f"{pipeline.source}: {e}") from None
+    evaluate = pipeline.config.evaluate
+    if evaluate is not None:
+        for key, value in (("prompts", evaluate.prompts), ("reward", evaluate.reward.rpartition(":")[0])):
+            if key == "reward" and not value.endswith(".py"):
+                continue  # a module name: imported when the stage runs
+            p = Path(value).expanduser()
+            p = p if p.is_absolute() else pipeline.base_dir / p
+            if not p.is_file():
+                raise ConfigError(f"{pipeline.source}: evaluate.{key}: {p} does not exist")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -55,10 +55,7 @@ def imported_fields(class_path: str) -> set[str]:
 def _ast_fields(module: str, name: str, depth: int = 0) -> set[str]:
     if depth > 8:
         raise ValueError("base class chain too deep")
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
-        raise ValueError(f"module {module} not found")
-    tree = ast.parse(Path(spec.origin).read_text())
+    tree = ast.parse(_module_file(module).read_text())
     cls = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name), None)
     if cls is None:
         raise ValueError(f"{name} not defined in {module}")
@@ -74,6 +71,19 @@ def _ast_fields(module: str, name: str, depth: int = 0) -> set[str]:
             continue
         fields |= _ast_fields(_import_source(tree, module, base.id), base.id, depth + 1)
     return fields
+
+
+def _module_file(module: str) -> Path:
+    """The source file of a module, found without importing it (find_spec("a.b") would import a)."""
+    top, *rest = module.split(".")
+    spec = importlib.util.find_spec(top)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"package {top} not found")
+    base = Path(next(iter(spec.submodule_search_locations))).joinpath(*rest)
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    raise ValueError(f"module {module} not found")
 
 
 def _import_source(tree: ast.Module, module: str, name: str) -> str:

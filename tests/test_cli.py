@@ -36,6 +36,7 @@ def test_no_command_prints_help(capsys):
 
 
 def test_bad_input_is_one_line_error_not_traceback(tmp_path):
+    (tmp_path / "t.jsonl").write_text('{"prompt": "a", "completion": "b"}\n')
     bad = tmp_path / "bad.yaml"
     bad.write_text(
         "name: x\nstages: [{name: a, kind: sft, data: {train: t.jsonl}, trainer: {learning_rte: 1}}]\nmodel: m/m\n"

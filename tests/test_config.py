@@ -104,6 +104,24 @@ def test_missing_pipeline_file(tmp_path):
         load_pipeline(tmp_path / "nope.yaml")
 
 
+def test_missing_data_file_names_key_and_path(tmp_path):
+    msg = error_of(
+        tmp_path,
+        GOOD.replace(
+            "name: sft2\n    kind: sft\n    model: {from: sft}\n    data: {train: train.jsonl}",
+            "name: sft2\n    kind: sft\n    model: {from: sft}\n    data: {train: nope.jsonl}",
+        ),
+    )
+    assert "stages[1].data.train:" in msg and str(tmp_path / "nope.jsonl") in msg and "does not exist" in msg
+
+
+def test_missing_evaluate_prompts(tmp_path):
+    msg = error_of(
+        tmp_path, GOOD + "evaluate: {prompts: gone.jsonl, reward: reward_models.tasks:uppercase_copy}\n"
+    )
+    assert "evaluate.prompts:" in msg and "gone.jsonl does not exist" in msg
+
+
 def test_missing_required_key(tmp_path):
     msg = error_of(tmp_path, GOOD.replace("    data: {train: train.jsonl}\n    trainer", "    trainer"))
     assert "stages[0].data: missing" in msg

@@ -31,6 +31,7 @@ def test_check_trainer_keys_suggests():
 
 
 def test_validate_does_not_import_trl_or_torch(tmp_path):
+    (tmp_path / "t.jsonl").write_text('{"prompt": "a", "completion": "b"}\n')
     pipeline = tmp_path / "p.yaml"
     pipeline.write_text(
         "name: x\nmodel: some/model\nstages:\n  - {name: sft, kind: sft, data: {train: t.jsonl}, trainer: {max_steps: 1}}\n"
