@@ -1,0 +1,50 @@
+"""Verifiable rewards for rlft's shipped tasks: exact checks, no model.
+
+Like every reward function in ``reward_models``: ``f(prompts, completions, **fields) -> list[float]``.
+A prompt or completion is either a string or a conversation (a list of ``{"role", "content"}``
+messages, TRL's conversational format). Pure Python, no imports from ``rlft``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+# "shout:" then single lowercase letters, each after spaces, up to the end of the line or a special token.
+_SHOUT = re.compile(r"shout:((?:[ \t]+[a-z])+)[ \t]*(?=$|<)", re.MULTILINE)
+
+
+def uppercase_copy(prompts: list[Any], completions: list[Any], **fields: Any) -> list[float]:
+    """The quickstart task: ``shout: b q x k`` must be answered exactly ``B Q X K``.
+
+    The user gives a list of lowercase letters after ``shout:``; the answer copies them in upper
+    case, in order, separated by single spaces. Reward 1.0 for exactly that (leading and trailing
+    whitespace ignored), else 0.0: a lowercase copy, a dropped, swapped or extra letter, doubled
+    spaces, an empty answer all score 0.0.
+
+    A conversational prompt is read from its last user message, a conversational completion from
+    its last assistant message. A string prompt may be the raw user text or a rendered chat
+    template; the last ``shout:`` line in it is used. A prompt without one scores 0.0.
+    Extra ``fields`` (such as ``answer``) are accepted and ignored: the prompt holds the answer.
+    """
+    if len(prompts) != len(completions):
+        raise ValueError(f"uppercase_copy: {len(prompts)} prompts but {len(completions)} completions")
+    rewards = []
+    for prompt, completion in zip(prompts, completions, strict=True):
+        matches = _SHOUT.findall(_text(prompt, "user"))
+        if not matches:
+            rewards.append(0.0)
+            continue
+        expected = " ".join(matches[-1].split()).upper()
+        rewards.append(1.0 if _text(completion, "assistant").strip() == expected else 0.0)
+    return rewards
+
+
+def _text(value: Any, role: str) -> str:
+    """A string as is; of a conversation, the content of the last message with ``role``."""
+    if isinstance(value, str):
+        return value
+    for message in reversed(value):
+        if message.get("role") == role:
+            return message.get("content") or ""
+    return ""

@@ -1,0 +1,77 @@
+"""rlft.evaluation on a tiny untrained model: shapes, determinism, padding restored."""
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from reward_models.tasks import uppercase_copy
+from rlft.evaluation import greedy_completions, task_reward
+from rlft.models.tiny import build_tiny_from_texts
+
+TEXTS = ["shout: a b c", "A B C", "shout: x y z q", "X Y Z Q"] * 10
+ROWS = [
+    {"prompt": [{"role": "user", "content": "shout: a b c"}], "answer": "A B C"},
+    {"prompt": [{"role": "user", "content": "shout: x y z q r s"}], "answer": "X Y Z Q R S"},
+    {"prompt": [{"role": "user", "content": "shout: q"}], "answer": "Q"},
+    {"prompt": [{"role": "user", "content": "shout: c b a z"}], "answer": "C B A Z"},
+    {"prompt": [{"role": "user", "content": "shout: z z z"}], "answer": "Z Z Z"},
+    {"prompt": [{"role": "user", "content": "shout: m n o"}], "answer": "M N O"},
+]
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(tmp_path_factory):
+    path = build_tiny_from_texts(
+        TEXTS,
+        tmp_path_factory.mktemp("eval") / "m",
+        hidden_size=32,
+        num_heads=4,
+        vocab_size=300,
+        max_position_embeddings=64,
+    )
+    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+
+
+def test_one_string_per_prompt_deterministic_across_batch_sizes(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    prompts = [row["prompt"] for row in ROWS] + ["shout: a b", "hello"]  # conversational and plain
+    first = greedy_completions(model, tokenizer, prompts, max_new_tokens=6, batch_size=3)
+    assert len(first) == len(prompts) and all(isinstance(c, str) for c in first)
+    assert all(c == c.strip() and "<|" not in c for c in first)
+    assert greedy_completions(model, tokenizer, prompts, max_new_tokens=6, batch_size=3) == first
+    # Left padding keeps each prompt's greedy completion independent of its batch-mates.
+    one_by_one = [greedy_completions(model, tokenizer, [p], max_new_tokens=6)[0] for p in prompts]
+    assert one_by_one == first
+
+
+def test_restores_padding_side_and_training_mode(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    model.train()
+    greedy_completions(model, tokenizer, ["shout: a"], max_new_tokens=2)
+    assert tokenizer.padding_side == "right" and model.training
+    model.eval()
+
+
+def test_task_reward_fields(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    seen = {}
+
+    def reward_fn(prompts, completions, **fields):
+        seen.update(fields, prompts=prompts)
+        return [1.0 if i % 2 == 0 else 0.0 for i in range(len(prompts))]
+
+    result = task_reward(model, tokenizer, ROWS, reward_fn, max_new_tokens=4, batch_size=4)
+    assert result["n"] == len(ROWS) and result["task_reward"] == pytest.approx(0.5)
+    assert seen["answer"] == [row["answer"] for row in ROWS] and seen["prompts"] == [
+        row["prompt"] for row in ROWS
+    ]
+    assert [s["reward"] for s in result["samples"]] == [1.0, 0.0, 1.0, 0.0, 1.0]
+    assert result["samples"][0]["prompt"] == ROWS[0]["prompt"]
+    assert isinstance(result["samples"][0]["completion"], str)
+
+    real = task_reward(model, tokenizer, ROWS, uppercase_copy, max_new_tokens=8)
+    assert real["task_reward"] == 0.0  # an untrained model does not shout
+
+
+def test_task_reward_needs_rows(model_and_tokenizer):
+    with pytest.raises(ValueError, match="no rows"):
+        task_reward(*model_and_tokenizer, [], uppercase_copy)
