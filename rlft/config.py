@@ -134,12 +134,6 @@ class Pipeline:
     def name(self) -> str:
         return self.config.name
 
-    def stage(self, name: str) -> Any:
-        for s in self.stages:
-            if s.name == name:
-                return s
-        raise ConfigError(f"no stage named '{name}' (stages: {', '.join(s.name for s in self.stages)})")
-
 
 # Keys a stage inherits from the pipeline's top level when it does not set them.
 INHERITED = ("model", "launch", "seed")

@@ -13,7 +13,6 @@ chat template becomes ``rlft.models.chat_template.DEFAULT_CHAT_TEMPLATE``.
 from __future__ import annotations
 
 import importlib.util
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,10 +176,3 @@ def _plain_copy(model: Any) -> Any:
 def _resolve_local(path: str, base_dir: Path) -> Path:
     p = Path(path).expanduser()
     return p if p.is_absolute() else (Path(base_dir) / p).resolve()
-
-
-def read_model_config(folder: Path) -> dict[str, Any]:
-    try:
-        return json.loads((Path(folder) / "config.json").read_text())
-    except (OSError, ValueError):
-        return {}

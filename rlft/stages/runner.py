@@ -76,7 +76,7 @@ def main(work_dir: str) -> int:
         result = module.run(cfg, ctx)
     except RlftError as e:
         return _fail(work, record, ctx, main_process, str(e), code=2)
-    except Exception as e:  # noqa: BLE001 - record any failure in stage.json, then re-raise for the traceback
+    except Exception as e:  # noqa: BLE001 - any failure: traceback to the log, status to stage.json
         traceback.print_exc()
         return _fail(work, record, ctx, main_process, f"{type(e).__name__}: {e}", code=1)
 
