@@ -20,6 +20,7 @@ Start here:
   rlft quickstart                      train a tiny model from nothing, in minutes, on CPU
   rlft validate configs/quickstart.yaml
   rlft run configs/quickstart.yaml
+  rlft data inspect configs/data/quickstart/prefs_train.jsonl --format preference
 """
 
 RUN_EPILOG = """\
@@ -76,7 +77,84 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _run_options(quick)
+
+    data = sub.add_parser(
+        "data",
+        help="look at data before training on it",
+        description="Data tools. `rlft data inspect SOURCE` loads a data source as a stage would and reports on it.",
+    )
+    data.set_defaults(data_parser=data)
+    data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
+    inspect = data_sub.add_parser(
+        "inspect",
+        help="report on a data source: format, invalid rows, lengths, duplicates, balance, tokenisation",
+        description=INSPECT_DESCRIPTION,
+        epilog=INSPECT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    inspect.add_argument(
+        "source",
+        help="a .jsonl/.json/.csv/.parquet file, a glob, a save_to_disk folder or a hub dataset name",
+    )
+    inspect.add_argument(
+        "--format",
+        choices=INSPECT_FORMAT_CHOICES,
+        help="accept only this format (preference includes an implicit prompt); default: detect any",
+    )
+    inspect.add_argument(
+        "--field",
+        dest="fields",
+        action="append",
+        default=[],
+        metavar="CANONICAL=COLUMN",
+        help="read your column as a canonical field, e.g. --field completion=answer; repeatable",
+    )
+    inspect.add_argument(
+        "--tokenizer",
+        metavar="PATH",
+        help="tokenizer folder or hub name: lengths in tokens and the tokenisation checks "
+        "(default: lengths in characters, no checks)",
+    )
+    inspect.add_argument("--category", metavar="COLUMN", help="report the balance of this column's values")
+    inspect.add_argument(
+        "--max-length",
+        type=int,
+        metavar="N",
+        help="count the rows longer than N tokens (the trainer's max_length); needs --tokenizer",
+    )
+    inspect.add_argument(
+        "--out",
+        type=Path,
+        default=Path("data_report"),
+        metavar="DIR",
+        help="where data_report.json, data_lengths.png and rejects.jsonl go (default: ./data_report/)",
+    )
     return parser
+
+
+INSPECT_FORMAT_CHOICES = (
+    "preference",
+    "prompt_completion",
+    "language_modeling",
+    "unpaired_preference",
+    "contrastive",
+)
+
+INSPECT_DESCRIPTION = """\
+Load a data source as a training stage would (same loaders, field mapping and row checks) and
+report: rows, format and fields, invalid rows (written to DIR/rejects.jsonl instead of stopping),
+exact duplicates, length percentiles per field (tokens with --tokenizer, else characters), the
+balance of a category column and, with --tokenizer, the tokenisation checks: the first rows as
+the model sees them, doubled BOS tokens, prompts that are not a token prefix of prompt + answer,
+and rows longer than --max-length. Writes DIR/data_report.json and DIR/data_lengths.png.
+"""
+
+INSPECT_EPILOG = """\
+Examples:
+  rlft data inspect configs/data/quickstart/prefs_train.jsonl --format preference
+  rlft data inspect qa.csv --field prompt=question --field completion=answer
+  rlft data inspect data/train.jsonl --tokenizer runs/quickstart/sft --max-length 256 --category source
+"""
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:
@@ -148,6 +226,43 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    if args.data_command is None:
+        args.data_parser.print_help()
+        return 0
+    return DATA_COMMANDS[args.data_command](args)
+
+
+def cmd_data_inspect(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from rlft.data.inspect import inspect_data
+
+    if args.max_length is not None and args.tokenizer is None:
+        raise RlftError("--max-length counts tokens: give --tokenizer too")
+    inspect_data(
+        args.source,
+        format=args.format,
+        fields=parse_fields(args.fields),
+        tokenizer=args.tokenizer,
+        category=args.category,
+        max_length=args.max_length,
+        out_dir=args.out,
+        console=Console(),
+    )
+    return 0
+
+
+def parse_fields(items: list[str]) -> dict[str, str]:
+    fields = {}
+    for item in items:
+        canonical, sep, column = item.partition("=")
+        if not sep or not canonical or not column:
+            raise RlftError(f"--field {item}: write CANONICAL=COLUMN, e.g. --field completion=answer")
+        fields[canonical] = column
+    return fields
+
+
 def parse_overrides(items: list[str]) -> dict[str, object]:
     overrides = {}
     for item in items:
@@ -158,7 +273,8 @@ def parse_overrides(items: list[str]) -> dict[str, object]:
     return overrides
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "quickstart": cmd_quickstart}
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "quickstart": cmd_quickstart, "data": cmd_data}
+DATA_COMMANDS = {"inspect": cmd_data_inspect}
 
 if __name__ == "__main__":
     sys.exit(main())

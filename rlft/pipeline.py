@@ -152,7 +152,9 @@ def stage_fingerprint(
     """(config hash, content hashes of the inputs): what decides whether a finished stage is still valid."""
     from rlft.models.loading import source_hash
 
-    evaluates = pipeline.config.evaluate is not None and getattr(stage, "evaluate", True)
+    evaluates = (
+        pipeline.config.evaluate is not None and stage.uses_task_eval and getattr(stage, "evaluate", True)
+    )
     hashed = {
         "stage": stage.hashed_config(),
         "evaluate": pipeline.config.evaluate.model_dump() if evaluates else None,

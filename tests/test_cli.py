@@ -13,7 +13,7 @@ def test_top_level_help_lists_commands(capsys):
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for command in ("run", "validate", "quickstart"):
+    for command in ("run", "validate", "quickstart", "data"):
         assert command in out
     assert "rlft quickstart" in out
 
@@ -28,6 +28,25 @@ def test_each_subcommand_has_help(command, capsys):
     if command == "run":
         for flag in ("--run-dir", "--only", "--from", "--force", "--set"):
             assert flag in out
+
+
+def test_data_inspect_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["data", "inspect", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: rlft data inspect" in out
+    for flag in ("--format", "--field", "--tokenizer", "--category", "--max-length", "--out"):
+        assert flag in out
+    for fmt in ("preference", "prompt_completion", "language_modeling", "unpaired_preference", "contrastive"):
+        assert fmt in out
+    assert "data_report.json" in out and "./data_report/" in out
+    assert "rlft data inspect configs/data/quickstart/prefs_train.jsonl --format preference" in out
+
+
+def test_data_without_subcommand_prints_its_help(capsys):
+    assert main(["data"]) == 0
+    assert "usage: rlft data" in capsys.readouterr().out
 
 
 def test_no_command_prints_help(capsys):

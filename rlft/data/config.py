@@ -13,6 +13,26 @@ every source or to none), each source is downsampled, seeded, to its share of th
 is as large as it can be without repeating a row, i.e. it stops when the first source runs out
 (LLaMA-Factory's `interleave_under` strategy). To use a small source more often, repeat rows
 in the file; rlft does not upsample.
+
+Curation (`curate:`, all off by default) runs on the train rows after the eval split, in this
+order: dedup -> near_dedup -> drop_identical_pairs -> length -> balance -> flip_fraction (see
+rlft.data.curate). Decontamination (`decontaminate:`, on by default) then removes train rows whose
+prompt an eval row also has (see rlft.data.split). Every removed row goes to the stage's rejects
+file with the step and the reason.
+
+```yaml
+data:
+  train: data/prefs.jsonl
+  eval_fraction: 0.05
+  stratify_by: source                      # keep each source's share in the eval split
+  curate:
+    dedup: true
+    near_dedup: {threshold: 0.85}           # or `near_dedup: true` for the defaults
+    drop_identical_pairs: true
+    length: {max_prompt_tokens: 512, max_response_tokens: 1024}
+    balance: {column: source, strategy: cap, max_per_category: 5000}
+  decontaminate: {exact: true, ngram: 13}   # the default; null turns it off
+```
 """
 
 from __future__ import annotations
@@ -38,6 +58,104 @@ class DataSource(BaseModel):
 SourceSpec = DataSource | str | list[DataSource | str]
 
 
+def _true_means_defaults(value: object) -> object:
+    """`key: true` in YAML means the section with its defaults, `key: false` means off (None)."""
+    if value is True:
+        return {}
+    if value is False:
+        return None
+    return value
+
+
+class NearDedupConfig(BaseModel):
+    """Near-duplicate removal: MinHash signatures of character shingles, candidates from LSH."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float = Field(default=0.85, gt=0.0, le=1.0)  # Jaccard that makes a duplicate: lower drops more
+    num_perm: int = Field(default=128, ge=16)  # MinHash permutations: more = better estimates, slower
+    shingle: int = Field(default=5, ge=1)  # characters per shingle: smaller = more lenient to rewording
+
+
+class LengthConfig(BaseModel):
+    """Bounds on token counts of the stage's tokenizer; a row outside any bound is removed.
+    Responses are the completion, or chosen and rejected (a pair goes if either is out)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_prompt_tokens: int | None = Field(default=None, ge=0)  # drop shorter prompts; None = no bound
+    max_prompt_tokens: int | None = Field(default=None, gt=0)  # drop longer prompts; None = no bound
+    min_response_tokens: int | None = Field(default=None, ge=0)  # drop shorter responses; None = no bound
+    max_response_tokens: int | None = Field(default=None, gt=0)  # drop longer responses; None = no bound
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LengthConfig:
+        for part in ("prompt", "response"):
+            low, high = getattr(self, f"min_{part}_tokens"), getattr(self, f"max_{part}_tokens")
+            if low is not None and high is not None and low > high:
+                raise ValueError(f"min_{part}_tokens ({low}) is above max_{part}_tokens ({high})")
+        if all(getattr(self, name) is None for name in type(self).model_fields):
+            raise ValueError(
+                "set at least one of min_prompt_tokens, max_prompt_tokens, min_response_tokens, "
+                "max_response_tokens (or remove length)"
+            )
+        return self
+
+
+class BalanceConfig(BaseModel):
+    """Seeded downsampling so that no value of one column dominates the train rows.
+    cap: at most max_per_category rows of each value; equal: each as many as the smallest has."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    column: str  # the column whose values are the categories, e.g. source or task
+    strategy: Literal["cap", "equal"] = "cap"  # cap: at most max_per_category; equal: all as the smallest
+    max_per_category: int | None = Field(default=None, gt=0)  # cap's limit (required); with equal, a cap too
+
+    @model_validator(mode="after")
+    def _cap_has_a_limit(self) -> BalanceConfig:
+        if self.strategy == "cap" and self.max_per_category is None:
+            raise ValueError("strategy cap needs max_per_category (the most rows any category keeps)")
+        return self
+
+
+class CurateConfig(BaseModel):
+    """Curation of the train rows (never the eval rows: they are measured as given), after the
+    eval split, in the order of the fields below; every step is off by default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dedup: bool = False  # drop rows equal to an earlier one after NFKC, lowercase, collapsed spaces
+    near_dedup: NearDedupConfig | None = None  # drop near-duplicates of earlier rows; true = defaults
+    drop_identical_pairs: bool = False  # drop pairs whose chosen = rejected, normalised or rendered
+    length: LengthConfig | None = None  # drop rows outside token bounds (needs the stage's tokenizer)
+    balance: BalanceConfig | None = None  # downsample the rows of over-represented column values
+    flip_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)  # label noise: flip this share of pairs
+
+    _near_dedup_shorthand = field_validator("near_dedup", mode="before")(_true_means_defaults)
+
+    def steps(self) -> list[str]:
+        """The names of the steps this config turns on, in the order they run."""
+        on = {
+            "dedup": self.dedup,
+            "near_dedup": self.near_dedup is not None,
+            "drop_identical_pairs": self.drop_identical_pairs,
+            "length": self.length is not None,
+            "balance": self.balance is not None,
+            "flip": self.flip_fraction > 0,
+        }
+        return [name for name, active in on.items() if active]
+
+
+class DecontaminateConfig(BaseModel):
+    """Removing train rows whose prompt also appears in the eval set (GPT-3's n-gram overlap test)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    exact: bool = True  # drop train rows whose prompt equals an eval prompt after normalisation
+    ngram: int | None = Field(default=13, ge=1)  # drop rows sharing an n-word run; smaller = stricter
+
+
 class DataConfig(BaseModel):
     """Data for one stage. Paths are relative to the YAML file's folder."""
 
@@ -50,6 +168,11 @@ class DataConfig(BaseModel):
     on_invalid: Literal["error", "skip"] = "error"  # skip: invalid rows go to the rejects file
     seed: int = 0  # seeds the eval split and weighted sampling
     max_rows: int | None = Field(default=None, gt=0)  # read only the first N train rows; None = all
+    stratify_by: str | None = None  # with eval_fraction: keep this column's category shares in both splits
+    curate: CurateConfig = CurateConfig()  # curation of the train rows (all steps off by default)
+    decontaminate: DecontaminateConfig | None = DecontaminateConfig()  # drop train rows overlapping eval
+
+    _decontaminate_shorthand = field_validator("decontaminate", mode="before")(_true_means_defaults)
 
     @field_validator("fields")
     @classmethod
@@ -77,6 +200,8 @@ class DataConfig(BaseModel):
         weighted = [s.weight is not None for s in as_sources(self.train)]
         if any(weighted) and not all(weighted):
             raise ValueError("train: give a weight to every source or to none")
+        if self.stratify_by is not None and self.eval_fraction == 0:
+            raise ValueError("stratify_by shapes the eval_fraction split; set eval_fraction too")
         if any(s.weight is not None for s in as_sources(self.eval)):
             raise ValueError("eval: weights mix train sources only; eval sources are concatenated")
         return self

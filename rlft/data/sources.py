@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rlft.data.config import DataSource
-from rlft.data.formats import TEXT_FIELDS
+from rlft.data.formats import CANONICAL_FIELDS, TEXT_FIELDS
 from rlft.errors import DataError
 
 if TYPE_CHECKING:
@@ -116,6 +116,7 @@ def resolve_source(source: DataSource, *, key: str, base_dir: Path) -> Resolved:
             raise DataError(f"{key}: the pattern {path} matches no files")
         return Resolved(_files_kind(files, key=key, label=str(path)), str(path), files)
     if path.is_dir():
+        _check_readable(path, key=key)
         if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
             return Resolved("saved", str(path))
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in FILE_TYPES)
@@ -134,7 +135,20 @@ def resolve_source(source: DataSource, *, key: str, base_dir: Path) -> Resolved:
     )
 
 
+def _check_readable(path: Path, *, key: str) -> None:
+    """A DataError saying so when this process may not read `path` (a file, or list a folder)."""
+    mode = os.R_OK | os.X_OK if path.is_dir() else os.R_OK
+    if not os.access(path, mode):
+        what = "folder" if path.is_dir() else "file"
+        raise DataError(
+            f"{key}: cannot read the {what} {path}: permission denied; make it readable "
+            f"(e.g. chmod {'a+rx' if path.is_dir() else 'a+r'}) or run as a user who may read it"
+        )
+
+
 def _files_kind(files: list[Path], *, key: str, label: str) -> str:
+    for p in files:
+        _check_readable(p, key=key)
     kinds = {FILE_TYPES.get(p.suffix) for p in files}
     if None in kinds:
         odd = next(p for p in files if p.suffix not in FILE_TYPES)
@@ -161,6 +175,8 @@ def load_source(
             f"{key}.split: files have one split, 'train'; {source.split!r} applies to hub datasets and "
             "save_to_disk folders (give each split its own file)"
         )
+    if resolved.kind == "csv":
+        _check_csv_headers(resolved.files, fields, key=key, section=section)
     dataset = LOADERS[resolved.kind](resolved, source, key=key, fields=fields)
     if len(dataset) == 0:
         raise DataError(f"{key}: {resolved.label} has no rows")
@@ -197,6 +213,51 @@ def _field_renames(
     return renames
 
 
+def _check_csv_headers(files: list[Path], fields: Mapping[str, str], *, key: str, section: str) -> None:
+    """A CSV file's first line is its header. One that names no column rlft reads (canonical or
+    mapped) is a missing header (the first line is data) or a wrong one: say both."""
+    known = set(CANONICAL_FIELDS) | set(fields.values())
+    for path in files:
+        header = _csv_header(path)
+        if not header or known.intersection(header):
+            continue  # an empty file is reported by the loader
+        line = ",".join(header)
+        line = line if len(line) <= 80 else line[:77] + "..."
+        raise DataError(
+            f"{key}: {path} has no usable CSV header: its first line ({line!r}) is read as the header, but it "
+            f"names none of the columns rlft reads ({', '.join(CANONICAL_FIELDS)}) and no column mapped in "
+            f"{section}.fields. If that line is data, the header is missing: add a first line naming the "
+            f"columns, e.g. 'prompt,completion'. If it is your header, map your columns with {section}.fields, "
+            f"e.g. {section}.fields: {{prompt: {header[0]}}}"
+        )
+
+
+def _empty_file(files: list[Path], kind: str) -> str | None:
+    """'<file> is empty (...)' for the first of these files that holds no rows, if any; read only
+    after a loader failed, to explain the failure."""
+    for path in files:
+        try:
+            if path.stat().st_size == 0:
+                return f"{path} is empty (0 bytes)"
+            if kind == "csv":
+                with open(path, newline="", encoding="utf-8") as f:
+                    records = [r for _, r in zip(range(2), (r for r in csv.reader(f) if r), strict=False)]
+                if not records:
+                    return f"{path} is empty (only blank lines)"
+                if len(records) == 1:
+                    return f"{path} has a header line ({','.join(records[0])}) but no rows"
+                continue
+            with open(path, encoding="utf-8-sig") as f:
+                text = f.read()
+            if not text.strip():
+                return f"{path} is empty (only blank lines)"
+            if text.lstrip().startswith("[") and json.loads(text) == []:
+                return f"{path} is empty (an empty JSON list)"
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error):
+            continue
+    return None
+
+
 def _load_json(resolved: Resolved, source: DataSource, *, key: str, fields: Mapping[str, str]) -> Dataset:
     from datasets import load_dataset
 
@@ -205,6 +266,9 @@ def _load_json(resolved: Resolved, source: DataSource, *, key: str, fields: Mapp
         # parse_agent_traces=False: datasets 5 otherwise rewrites files that look like agent logs.
         return load_dataset("json", data_files=files, split="train", parse_agent_traces=False)
     except Exception as e:  # datasets wraps pyarrow/JSON errors in several types
+        empty = _empty_file(resolved.files, "json")
+        if empty:
+            raise DataError(f"{key}: {empty}; a data file needs at least one row") from e
         raise DataError(
             f"{key}: could not read {_bad_json_location(resolved.files) or resolved.label}: {_cause(e)}"
         ) from e
@@ -230,6 +294,9 @@ def _load_csv(resolved: Resolved, source: DataSource, *, key: str, fields: Mappi
             na_values={c: _CSV_NA for c in header if c not in text_columns},
         )
     except Exception as e:
+        empty = _empty_file(resolved.files, "csv")
+        if empty:
+            raise DataError(f"{key}: {empty}; a data file needs at least one row") from e
         raise DataError(f"{key}: could not read {resolved.label}: {_cause(e)}") from e
 
 
@@ -301,7 +368,7 @@ def _csv_header(path: Path) -> list[str]:
 def _bad_json_location(files: list[Path]) -> str | None:
     """'<file> line N' for the first line of these files that is not valid JSON, if any."""
     for path in files:
-        with open(path, encoding="utf-8-sig") as f:
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
             if _is_json_array(path):
                 try:
                     json.load(f)

@@ -5,7 +5,12 @@ Order of work, each step a function below:
 2. detect the format, the same for every source, among the formats the stage accepts;
 3. pick the train rows: weighted sampling and/or `max_rows` (rows read, before checks);
 4. check every row; invalid rows stop the run or go to the rejects file;
-5. concatenate the sources; split `eval_fraction` off train when there is no eval source.
+5. concatenate the sources; split `eval_fraction` off train when there is no eval source
+   (seeded, optionally stratified: rlft.data.split);
+6. curate the train rows (`curate:`, all steps off by default: rlft.data.curate);
+7. decontaminate: drop train rows whose prompt overlaps an eval prompt (`decontaminate:`, on by
+   default when there is an eval set: rlft.data.split).
+Rows dropped in steps 4, 6 and 7 go to one rejects file, never silently.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rlft.data.config import DataConfig, SourceSpec, as_sources
+from rlft.data.curate import curate, drop_rows
 from rlft.data.formats import (
     CONVERSATIONAL,
     FORMATS,
@@ -32,6 +38,7 @@ from rlft.data.formats import (
     value_style,
 )
 from rlft.data.sources import LoadedSource, load_source
+from rlft.data.split import find_contaminated, split_eval
 from rlft.data.validate import Rejects, find_invalid, invalid_rows_error
 from rlft.errors import DataError
 
@@ -63,18 +70,25 @@ def load_stage_data(
     base_dir: Path | str = ".",
     rejects_path: Path | None = None,
     section: str = "data",
+    tokenizer: Any = None,
 ) -> StageData:
     """Load, check and split a stage's data.
 
     formats: the formats the stage accepts, e.g. ("language_modeling", "prompt_completion").
     base_dir: the folder relative source paths start from (the YAML file's folder).
-    rejects_path: where on_invalid="skip" writes dropped rows (JSONL, replaced on every call);
-        with rows to drop and no path, this raises rather than drop them silently.
+    rejects_path: where dropped rows go (JSONL, replaced on every call): invalid rows with
+        on_invalid="skip", and rows removed by curation and decontamination; with rows to drop
+        and no path, this raises rather than drop them silently.
     section: the key path of `cfg` in the config, used in messages ("data", "stages.sft.data").
+    tokenizer: the stage's tokenizer, for curate.length (token counts) and curate.drop_identical_pairs
+        (comparing rendered chat templates); None when the stage has none.
 
     The report holds: format, style, fields (the columns the format uses), extra_columns (kept),
     conversions (column renames), warnings, on_invalid, rejects_path and rows_rejected, and
-    per split (train, eval) rows, rows_loaded, rows_read, rows_rejected and one entry per source.
+    per split (train, eval) rows, rows_loaded, rows_read, rows_rejected and one entry per source;
+    curation: one entry per curation step run, {"step", "removed", "rows_after", ...details};
+    decontamination: {"compared", "exact", "ngram", "ngram_size", "removed", "rows_after"}, or None when it did
+    not run (no eval set, or decontaminate: null).
     """
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
@@ -85,20 +99,43 @@ def load_stage_data(
     detected, style, warnings = _settle_format(train_parts + eval_parts, formats, section=section)
     _pick_train_rows(train_parts, max_rows=cfg.max_rows, seed=cfg.seed)
 
-    writes_rejects = cfg.on_invalid == "skip" and rejects_path is not None
+    has_eval = bool(eval_parts) or cfg.eval_fraction > 0
+    removes_rows = bool(cfg.curate.steps()) or (cfg.decontaminate is not None and has_eval)
+    writes_rejects = rejects_path is not None and (cfg.on_invalid == "skip" or removes_rows)
     with Rejects(rejects_path) if writes_rejects else contextlib.nullcontext() as rejects:
         check = dict(detected=detected, style=style, cfg=cfg, rejects=rejects, section=section)
         train = _checked(train_parts, key=f"{section}.train", **check)
         evaluation = _checked(eval_parts, key=f"{section}.eval", **check) if eval_parts else None
-    eval_report = _split_report(eval_parts)
-    if evaluation is None and cfg.eval_fraction > 0:
-        train, evaluation = _split_eval(train, fraction=cfg.eval_fraction, seed=cfg.seed, section=section)
-        eval_report = {"rows": len(evaluation), "split_from_train": cfg.eval_fraction, "seed": cfg.seed}
-    elif evaluation is not None:
-        eval_report["rows"] = len(evaluation)
+        eval_report = _split_report(eval_parts)
+        if evaluation is None and cfg.eval_fraction > 0:
+            train, evaluation, eval_report = split_eval(
+                train, fraction=cfg.eval_fraction, seed=cfg.seed, stratify_by=cfg.stratify_by, section=section
+            )
+            eval_report = {"rows": len(evaluation), **eval_report}
+        elif evaluation is not None:
+            eval_report["rows"] = len(evaluation)
+        rows_split = len(train)
+        train, curation = curate(
+            train,
+            cfg.curate,
+            format=detected.format,
+            style=style,
+            seed=cfg.seed,
+            tokenizer=tokenizer,
+            rejects=rejects,
+            section=section,
+        )
+        decontamination = None
+        if evaluation is not None and cfg.decontaminate is not None:
+            train, decontamination = _decontaminate(
+                train, evaluation, cfg=cfg, format=detected.format, rejects=rejects, section=section
+            )
+            if "warning" in decontamination:
+                warnings.append(decontamination["warning"])
 
     train_report = _split_report(train_parts)
     train_report["rows"] = len(train)
+    train_report["rows_before_curation"] = rows_split
     report = {
         "format": detected.format,
         "style": style,
@@ -115,6 +152,8 @@ def load_stage_data(
         "rows_rejected": sum(p.rows_rejected for p in train_parts + eval_parts),
         "train": train_report,
         "eval": eval_report,
+        "curation": curation,
+        "decontamination": decontamination,
     }
     return StageData(train=train, eval=evaluation, format=detected.format, report=report)
 
@@ -321,15 +360,39 @@ def _concatenate(datasets: list[Dataset], *, key: str) -> Dataset:
         ) from e
 
 
-def _split_eval(train: Dataset, *, fraction: float, seed: int, section: str) -> tuple[Dataset, Dataset]:
-    try:
-        split = train.train_test_split(test_size=fraction, seed=seed)
-    except ValueError as e:
-        raise DataError(
-            f"{section}.eval_fraction: {fraction} of {len(train)} train rows leaves no train or no eval rows; "
-            "use more rows, another fraction, or an eval source"
-        ) from e
-    return split["train"], split["test"]
+def _decontaminate(
+    train: Dataset,
+    evaluation: Dataset,
+    *,
+    cfg: DataConfig,
+    format: str,
+    rejects: Rejects | None,
+    section: str,
+) -> tuple[Dataset, dict]:
+    """Train without the rows whose prompt overlaps an eval prompt (see rlft.data.split), and the report.
+
+    Decontamination is on by default, so a caller that gives no rejects file (a notebook, a test) gets
+    the overlapping rows kept and a warning, rather than an error; a stage always gives one."""
+    settings = cfg.decontaminate
+    removal = find_contaminated(train, evaluation, format=format, exact=settings.exact, ngram=settings.ngram)
+    report = dict(removal.details)
+    if removal.reasons and rejects is None:
+        warning = (
+            f"{section}.decontaminate: {len(removal.reasons)} train rows overlap the eval set ({removal.details['exact']} "
+            f"exact, {removal.details['ngram']} by {settings.ngram}-grams) and were kept: no rejects file was given to "
+            "record their removal (pass rejects_path to load_stage_data)"
+        )
+        logger.warning(warning)
+        return train, {**report, "removed": 0, "rows_after": len(train), "warning": warning}
+    train = drop_rows(
+        train,
+        removal,
+        step="decontaminate",
+        rejects=rejects,
+        key=f"{section}.train",
+        config_key=f"{section}.decontaminate",
+    )
+    return train, {**report, "removed": len(removal.reasons), "rows_after": len(train)}
 
 
 def _split_report(parts: list[LoadedSource]) -> dict | None:

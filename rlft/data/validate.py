@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlft.data.formats import Detected, check_row
+from rlft.data.formats import OPTIONAL_FIELDS, Detected, check_row
 from rlft.data.sources import LoadedSource
 from rlft.errors import DataError
 
@@ -44,13 +44,16 @@ class Invalid:
 
 
 def find_invalid(part: LoadedSource, detected: Detected, *, style: str) -> list[Invalid]:
-    """Every invalid row of `part`, in order. Reads only the format's columns, in Arrow batches."""
-    dataset = part.dataset.select_columns(list(detected.fields))
+    """Every invalid row of `part`, in order. Reads only the format's columns (and its optional
+    ones, e.g. a preference margin, when present), in Arrow batches."""
+    optional = [f for f in OPTIONAL_FIELDS.get(detected.format, ()) if f in part.dataset.column_names]
+    columns = [*detected.fields, *optional]
+    dataset = part.dataset.select_columns(columns)
     invalid, start = [], 0
     for batch in dataset.iter(batch_size=BATCH_ROWS):
         n = len(batch[detected.fields[0]])
         for j in range(n):
-            problem = check_row({f: batch[f][j] for f in detected.fields}, detected, style=style)
+            problem = check_row({f: batch[f][j] for f in columns}, detected, style=style)
             if problem:
                 invalid.append(Invalid(part, start + j, *problem))
         start += n
@@ -91,6 +94,11 @@ class Rejects:
             os.replace(self._tmp, self.path)
         else:
             self._tmp.unlink(missing_ok=True)
+
+    def write_record(self, record: dict) -> None:
+        """Write one record as it is; curation and decontamination write {"step", "reason", "data", ...}."""
+        self._file.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        self.count += 1
 
     def write(self, invalid: list[Invalid]) -> None:
         """Write these rows (with your column names) and why each was rejected."""

@@ -135,21 +135,30 @@ def torch_dtype(name: str) -> Any:
     return getattr(torch, name)
 
 
-def load_causal_lm(resolved: ResolvedModel, *, dtype: str = "float32", tokenizer: Any = None) -> Any:
-    """Load a causal LM. A GGUF checkpoint is dequantised into a plain model that saves normally."""
-    from transformers import AutoModelForCausalLM
+def load_causal_lm(
+    resolved: ResolvedModel,
+    *,
+    dtype: str = "float32",
+    tokenizer: Any = None,
+    auto_class: str = "AutoModelForCausalLM",
+    **extra: Any,
+) -> Any:
+    """Load a model: a causal LM unless `auto_class` says otherwise (AutoModelForSequenceClassification, ...).
 
-    kwargs = dict(resolved.kwargs)
+    A GGUF checkpoint is dequantised into a plain model that saves normally.
+    """
+    import transformers
+
+    cls = getattr(transformers, auto_class)
+    kwargs = {**resolved.kwargs, **extra}
     try:
         if resolved.gguf_file:
-            model = AutoModelForCausalLM.from_pretrained(
+            model = cls.from_pretrained(
                 resolved.name_or_path, gguf_file=resolved.gguf_file, dtype=torch_dtype(dtype), **kwargs
             )
-            model = _plain_copy(model)
+            model = _plain_copy(model, cls)
         else:
-            model = AutoModelForCausalLM.from_pretrained(
-                resolved.name_or_path, dtype=torch_dtype(dtype), **kwargs
-            )
+            model = cls.from_pretrained(resolved.name_or_path, dtype=torch_dtype(dtype), **kwargs)
     except OSError as e:
         raise ConfigError(f"cannot load model {resolved.description}: {e}") from None
     if tokenizer is not None and model.config.pad_token_id is None:
@@ -160,14 +169,12 @@ def load_causal_lm(resolved: ResolvedModel, *, dtype: str = "float32", tokenizer
     return model
 
 
-def _plain_copy(model: Any) -> Any:
+def _plain_copy(model: Any, cls: Any) -> Any:
     """A GGUF-loaded model refuses save_pretrained; copy its (dequantised) weights into a fresh one."""
-    from transformers import AutoModelForCausalLM
-
     config = model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    fresh = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
+    fresh = cls.from_config(config, dtype=model.dtype)
     fresh.load_state_dict(model.state_dict())
     fresh.generation_config = model.generation_config
     return fresh

@@ -12,6 +12,7 @@ from typing import Any
 
 STAGES: dict[str, str] = {
     "sft": "rlft.stages.sft",
+    "reward": "rlft.stages.reward",
     "evaluate": "rlft.stages.evaluate",
 }
 

@@ -26,6 +26,8 @@ class StageBase(Strict):
 
     # "module:Class" of the TRL/transformers config dataclass that `trainer:` passes through to.
     trainer_config_class: ClassVar[str | None] = None
+    # Whether the stage measures the pipeline's `evaluate:` task reward (its config then counts in the hash).
+    uses_task_eval: ClassVar[bool] = False
 
     def references(self) -> list[tuple[str, str]]:
         """(key, stage name) for every `{from: STAGE}` in this stage's config."""
@@ -83,6 +85,53 @@ class StageResult:
     )  # summary: final train/eval metrics, task_reward, ...
     info: dict[str, Any] = field(default_factory=dict)  # parameters, tokenizer fix-ups, data report, ...
     has_model: bool = True  # False for stages that only measure (evaluate)
+
+
+# rlft's defaults for every TRL trainer config, applied unless the stage's `trainer:` sets the key.
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "activation_checkpointing": False,  # TRL turns it on; on small models it only costs time (ENVIRONMENT.md)
+    "logging_steps": 5,  # log often: runs are short, curves are what users look at
+    "save_strategy": "steps",  # checkpoints make a stage that died resumable
+    "save_steps": 100,
+    "save_total_limit": 2,  # keep the last two checkpoints
+    "report_to": "none",  # rlft opens the W&B run itself (grouped by pipeline), see rlft/tracking.py
+    "per_device_train_batch_size": 8,
+    "num_train_epochs": 1,
+    "dataloader_num_workers": 0,
+    "eval_steps": 50,
+}
+# Keys rlft sets itself; a stage may not set them in `trainer:`.
+OWNED = {"output_dir": "the stage folder is runs/<pipeline>/<stage> (change it with --run-dir)"}
+
+
+def build_trainer_args(
+    config_class: Any, cfg: Any, ctx: StageContext, *, has_eval: bool, defaults: dict[str, Any]
+) -> Any:
+    """A TRL config: rlft's defaults, the stage's own defaults, then the stage's `trainer:` section."""
+    import torch
+
+    from rlft.errors import ConfigError
+
+    for key, why in OWNED.items():
+        if key in cfg.trainer:
+            raise ConfigError(f"stages.{cfg.name}.trainer.{key}: set by rlft: {why}")
+    cuda = torch.cuda.is_available()
+    args = {
+        **TRAINER_DEFAULTS,
+        "bf16": cuda and torch.cuda.is_bf16_supported(),  # no native bf16 on CPU: ~15x slower there
+        "use_cpu": not cuda,  # also what makes several CPU processes train together (gloo)
+        "seed": cfg.seed,
+        "eval_strategy": "steps" if has_eval else "no",
+        **defaults,
+        **cfg.trainer,
+        "output_dir": str(ctx.checkpoint_dir),
+    }
+    if "gradient_checkpointing" in cfg.trainer and "activation_checkpointing" not in cfg.trainer:
+        args.pop("activation_checkpointing")  # the old name: let transformers map it (it would lose to ours)
+    try:
+        return config_class(**args)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"stages.{cfg.name}.trainer: {e}") from None
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

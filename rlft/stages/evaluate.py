@@ -14,6 +14,8 @@ from rlft.stages.common import StageBase, StageContext, StageResult, measure_tas
 class Config(StageBase):
     kind: Literal["evaluate"] = "evaluate"
 
+    uses_task_eval = True
+
 
 def run(cfg: Config, ctx: StageContext) -> StageResult:
     from rlft.models.loading import load_causal_lm, load_tokenizer, resolve_source

@@ -19,22 +19,7 @@ from pydantic import Field
 from rlft.data import DataConfig
 from rlft.errors import ConfigError
 from rlft.models.tuning import FullTuning, TuningConfig
-from rlft.stages.common import StageBase, StageContext, StageResult, measure_task_reward
-
-# rlft's defaults for SFTConfig, applied unless the stage's `trainer:` sets the key.
-TRAINER_DEFAULTS: dict[str, Any] = {
-    "activation_checkpointing": False,  # TRL turns it on; on small models it only costs time (ENVIRONMENT.md)
-    "logging_steps": 5,  # log often: runs are short, curves are what users look at
-    "save_strategy": "steps",  # checkpoints make a stage that died resumable
-    "save_steps": 100,
-    "save_total_limit": 2,  # keep the last two checkpoints
-    "report_to": "none",  # rlft opens the W&B run itself (grouped by pipeline), see rlft/tracking.py
-    "per_device_train_batch_size": 8,
-    "num_train_epochs": 1,
-    "dataloader_num_workers": 0,
-}
-# Keys rlft sets itself; a stage may not set them in `trainer:`.
-OWNED = {"output_dir": "the stage folder is runs/<pipeline>/<stage> (change it with --run-dir)"}
+from rlft.stages.common import StageBase, StageContext, StageResult, build_trainer_args, measure_task_reward
 
 
 class Config(StageBase):
@@ -45,41 +30,24 @@ class Config(StageBase):
     evaluate: bool = True  # measure the pipeline's task reward after training
 
     trainer_config_class = "trl.trainer.sft_config:SFTConfig"
+    uses_task_eval = True
 
 
 def trainer_args(
     cfg: Config, ctx: StageContext, *, has_eval: bool, conversational_lm: bool, template: str | None
 ) -> Any:
-    """Build SFTConfig: rlft's defaults, then the stage's `trainer:` section."""
-    import torch
-    from trl import SFTConfig
-
-    for key, why in OWNED.items():
-        if key in cfg.trainer:
-            raise ConfigError(f"stages.{cfg.name}.trainer.{key}: set by rlft: {why}")
-    cuda = torch.cuda.is_available()
-    args = {
-        **TRAINER_DEFAULTS,
-        "bf16": cuda and torch.cuda.is_bf16_supported(),  # no native bf16 on CPU: ~15x slower there
-        "use_cpu": not cuda,  # also what makes several CPU processes train together (gloo)
-        "seed": cfg.seed,
-        "eval_strategy": "steps" if has_eval else "no",
-        "eval_steps": 50,
-        # `messages` data: train on assistant turns only, when the template can mark them.
-        "assistant_only_loss": conversational_lm and template is not None and "{% generation %}" in template,
-        **cfg.trainer,
-        "output_dir": str(ctx.checkpoint_dir),
-    }
-    if "gradient_checkpointing" in cfg.trainer and "activation_checkpointing" not in cfg.trainer:
-        args.pop("activation_checkpointing")  # the old name: let transformers map it (it would lose to ours)
-    if conversational_lm and not args["assistant_only_loss"]:
+    """SFTConfig: rlft's defaults, then the stage's `trainer:` section."""
+    # `messages` data: train on assistant turns only, when the template can mark them.
+    assistant_only = conversational_lm and template is not None and "{% generation %}" in template
+    if conversational_lm and not cfg.trainer.get("assistant_only_loss", assistant_only):
         ctx.log(
             "WARNING: the chat template has no {% generation %} markers: loss on every token of `messages`"
         )
-    try:
-        return SFTConfig(**args)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"stages.{cfg.name}.trainer: {e}") from None
+    from trl import SFTConfig
+
+    return build_trainer_args(
+        SFTConfig, cfg, ctx, has_eval=has_eval, defaults={"assistant_only_loss": assistant_only}
+    )
 
 
 def make_trainer(

@@ -8,8 +8,8 @@ The SFT demonstrations are deliberately imperfect, with a *systematic* flaw tied
 feature: for lists of ``flaw_min_length`` (5) letters or more, ``flaw_fraction`` (80%) of the
 demonstrations copy the letters in lower case. Greedy decoding is mode-seeking, so after SFT the
 model shouts short lists and whispers long ones: clearly above 0%, well below 100%. The preference
-pairs then prefer the upper-case copy over the lowercase one (and over dropped or swapped
-letters), which gives the reward model, DPO and PPO something real to fix. (Random, unsystematic
+pairs then prefer the upper-case copy over the lowercase one (or over one with a dropped
+letter), which gives the reward model, DPO and PPO something real to fix. (Random, unsystematic
 corruption would not do: SFT averages it away, see DESIGN.md, "Quickstart".)
 
 Files (``write_quickstart_data``), one JSON object per line, in TRL's conversational formats::
@@ -70,19 +70,12 @@ def dropped_letter(letters: list[str], rng: random.Random) -> str:
     return answer_text(letters[:i] + letters[i + 1 :])
 
 
-def swapped_letters(letters: list[str], rng: random.Random) -> str:
-    i = rng.randrange(len(letters) - 1)
-    swapped = letters[:i] + [letters[i + 1], letters[i]] + letters[i + 2 :]
-    if swapped == letters:  # two equal neighbours: swapping them changes nothing
-        return lowercase_copy(letters, rng)
-    return answer_text(swapped)
-
-
 # Rejected answers of the preference pairs: mostly the SFT flaw, which is what later stages must fix.
+# Swapping two neighbouring letters was a third kind, dropped: a 2-layer reward model scored those
+# pairs at chance (0.40 held-out accuracy, against 1.00 for the other two kinds).
 MISTAKES: dict[Callable[[list[str], random.Random], str], float] = {
-    lowercase_copy: 0.6,
-    dropped_letter: 0.2,
-    swapped_letters: 0.2,
+    lowercase_copy: 0.7,
+    dropped_letter: 0.3,
 }
 
 

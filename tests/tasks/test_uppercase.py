@@ -90,4 +90,4 @@ def test_preferences_prefer_the_correct_answer():
     assert uppercase_copy(prompts_, [r["chosen"] for r in rows]) == [1.0] * len(rows)
     assert uppercase_copy(prompts_, [r["rejected"] for r in rows]) == [0.0] * len(rows)
     lowercase = sum(text(r["rejected"]) == " ".join(letters_of(r)) for r in rows) / len(rows)
-    assert 0.5 < lowercase < 0.8  # mostly the SFT flaw, with dropped and swapped letters too
+    assert 0.6 < lowercase < 0.8  # mostly the SFT flaw, with dropped letters too

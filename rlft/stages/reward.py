@@ -1,0 +1,177 @@
+"""`kind: reward`: a reward model trained on preference pairs, on TRL's RewardTrainer.
+
+A sequence-classification head with one output is put on the stage's starting model (usually
+`{from: sft}`) and trained with the Bradley-Terry loss (Bradley & Terry, 1952; Ouyang et al.,
+2022, eq. 1): -log sigmoid(r(x, y_chosen) - r(x, y_rejected) - margin), where `margin` is an
+optional per-pair column (Touvron et al., 2023, Llama 2, sec. 3.2.2), plus
+`center_rewards_coefficient` * mean((r_c + r_r)^2) (Eisenstein et al., 2023) when set.
+
+    setup: model (+ score head) + tokenizer (+ tuning) -> preference data -> RewardConfig -> RewardTrainer
+    train: trainer.train(resume_from_checkpoint=<last checkpoint of a run that died>)
+    save:  plain HF folder + reward_stats.json (mean/std of rewards on training responses)
+    eval:  pairwise accuracy, mean margin, reward mean/std of chosen and rejected (held-out pairs)
+
+The artifact loads with `reward_models.RewardModel.from_pretrained(runs/<pipeline>/<stage>)`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import Field
+
+from rlft.data import DataConfig
+from rlft.models.tuning import FullTuning, TuningConfig
+from rlft.stages.common import StageBase, StageContext, StageResult, build_trainer_args
+
+STATS_FILE = "reward_stats.json"  # {"mean", "std", "n"}: rewards of the training responses
+
+
+class Config(StageBase):
+    kind: Literal["reward"] = "reward"
+    data: DataConfig  # preference pairs: prompt, chosen, rejected (optional margin)
+    tuning: TuningConfig = Field(
+        default_factory=FullTuning
+    )  # which parameters train (the score head always does)
+    trainer: dict[str, Any] = {}  # passes through to trl.RewardConfig (checked against its fields)
+    stats_rows: int = Field(default=2000, gt=0)  # training pairs scored for the normalisation statistics
+
+    trainer_config_class = "trl.trainer.reward_config:RewardConfig"
+
+
+def make_trainer(
+    cfg: Config, ctx: StageContext, *, callbacks: list | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """Everything up to `trainer.train()`."""
+    from trl import RewardConfig, RewardTrainer
+
+    from rlft.data import load_stage_data
+    from rlft.models.loading import load_causal_lm, load_tokenizer, resolve_source
+    from rlft.models.tuning import apply_tuning, count_parameters
+
+    resolved = resolve_source(
+        cfg.model, model_paths=ctx.model_paths, run_dir=ctx.run_dir, base_dir=ctx.base_dir
+    )
+    ctx.log(f"model: {resolved.description} (+ a one-output score head)")
+    tokenizer, fixups = load_tokenizer(resolved, log=ctx.log)
+    model = load_causal_lm(
+        resolved,
+        dtype=cfg.model.dtype,
+        tokenizer=tokenizer,
+        auto_class="AutoModelForSequenceClassification",
+        num_labels=1,
+    )
+    model.config.pad_token_id = tokenizer.pad_token_id  # the score is read at the last non-pad token
+    model = apply_tuning(model, cfg.tuning, task_type="SEQ_CLS")
+    params = count_parameters(model)
+    ctx.log(f"tuning: {cfg.tuning.method}: {params['trainable']:,} of {params['total']:,} parameters train")
+
+    data = load_stage_data(
+        cfg.data,
+        formats=("preference",),
+        base_dir=ctx.base_dir,
+        rejects_path=ctx.work_dir / "rejects.jsonl",
+        section=f"stages.{cfg.name}.data",
+    )
+    n_eval = len(data.eval) if data.eval is not None else 0
+    ctx.log(f"data: {len(data.train)} train pairs, {n_eval} eval pairs")
+    args = build_trainer_args(RewardConfig, cfg, ctx, has_eval=data.eval is not None, defaults={})
+    trainer = RewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    info = {
+        "parameters": params,
+        "tokenizer_fixups": fixups,
+        "data": data.report,
+        "model": resolved.description,
+    }
+    return trainer, info
+
+
+def pair_rewards(trainer: Any, dataset: Any, *, max_rows: int | None = None) -> tuple[Any, Any]:
+    """Rewards of the chosen and rejected responses of a tokenized preference dataset: two (N,) tensors."""
+    import torch
+
+    if max_rows is not None and len(dataset) > max_rows:
+        dataset = dataset.select(range(max_rows))
+    model = trainer.model
+    was_training = model.training
+    model.eval()
+    chosen, rejected = [], []
+    with torch.inference_mode():
+        for batch in trainer.get_eval_dataloader(dataset):
+            batch = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+            scores = model(**batch, use_cache=False).logits.squeeze(-1).float()  # (2B,): chosen then rejected
+            c, r = torch.chunk(scores, 2)
+            chosen.append(c.cpu())
+            rejected.append(r.cpu())
+    model.train(was_training)
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+def pair_metrics(chosen: Any, rejected: Any) -> dict[str, float]:
+    """Pairwise accuracy, mean margin and reward mean/std of chosen and rejected responses."""
+    margins = chosen - rejected
+    return {
+        "rewards/accuracies": (margins > 0).float().mean().item(),
+        "rewards/margins": margins.mean().item(),
+        "rewards/chosen": chosen.mean().item(),
+        "rewards/chosen_std": chosen.std().item() if len(chosen) > 1 else 0.0,
+        "rewards/rejected": rejected.mean().item(),
+        "rewards/rejected_std": rejected.std().item() if len(rejected) > 1 else 0.0,
+    }
+
+
+def run(cfg: Config, ctx: StageContext) -> StageResult:
+    import torch
+
+    from rlft.models.tuning import save_model
+    from rlft.tracking import trainer_callback
+
+    trainer, info = make_trainer(cfg, ctx, callbacks=[trainer_callback(ctx.tracker)])
+    if ctx.resume_from:
+        ctx.log(f"resuming from {ctx.resume_from}")
+    trainer.train(resume_from_checkpoint=ctx.resume_from)
+    step = trainer.state.global_step
+
+    metrics: dict[str, Any] = {"train/global_step": step}
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    if losses:
+        metrics["train/loss"] = losses[-1]
+
+    # Normalisation statistics over the training responses (chosen and rejected alike).
+    chosen, rejected = pair_rewards(trainer, trainer.train_dataset, max_rows=cfg.stats_rows)
+    both = torch.cat([chosen, rejected])
+    stats = {"mean": both.mean().item(), "std": both.std().item(), "n": len(both)}
+    metrics["train/accuracy"] = (chosen > rejected).float().mean().item()
+
+    if trainer.eval_dataset is not None:
+        metrics["eval/loss"] = trainer.evaluate()["eval_loss"]
+        held_out = pair_metrics(*pair_rewards(trainer, trainer.eval_dataset))
+        metrics.update(held_out)
+        metrics["reward_accuracy"] = held_out["rewards/accuracies"]
+        ctx.tracker.log(
+            {k: v for k, v in metrics.items() if "/" in k and not k.startswith("train/")}, step=step
+        )
+        ctx.log(
+            f"held-out pairwise accuracy {held_out['rewards/accuracies']:.3f}, mean margin {held_out['rewards/margins']:.3f} "
+            f"(chosen {held_out['rewards/chosen']:.3f} ± {held_out['rewards/chosen_std']:.3f}, "
+            f"rejected {held_out['rewards/rejected']:.3f} ± {held_out['rewards/rejected_std']:.3f})"
+        )
+    else:
+        ctx.log(
+            "WARNING: no eval pairs (set data.eval or data.eval_fraction): accuracy is on training pairs only"
+        )
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if ctx.is_main_process:
+        info["saved"] = save_model(model, trainer.processing_class, ctx.artifact_dir)
+        (ctx.artifact_dir / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
+    info["reward_stats"] = stats
+    return StageResult(metrics=metrics, info=info)
