@@ -220,9 +220,14 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise RlftError(f"{path} not found: the quickstart runs from a clone of the rlft repository")
     outcomes = run_pipeline(load_pipeline(path), run_dir=args.run_dir, force=args.force)
-    rewards = [(o.name, (o.record.get("metrics") or {}).get("task_reward")) for o in outcomes]
-    line = " -> ".join(f"{name} {r:.1%}" for name, r in rewards if r is not None)
+    metrics = {o.name: o.record.get("metrics") or {} for o in outcomes}
+    line = " -> ".join(
+        f"{n} {m['task_reward']:.1%}" for n, m in metrics.items() if m.get("task_reward") is not None
+    )
     print(f"\nquickstart task reward (exact uppercase copies, greedy, held-out prompts): {line}")
+    for name, m in metrics.items():
+        if m.get("reward_accuracy") is not None:
+            print(f"reward model '{name}': held-out pairwise accuracy {m['reward_accuracy']:.1%}")
     return 0
 
 

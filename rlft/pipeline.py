@@ -57,7 +57,7 @@ def run_pipeline(
     """Run the selected stages in order. Raises StageFailed when a stage fails (after the summary)."""
     from rich.console import Console
 
-    console = console or Console()
+    console = console or Console(width=None if sys.stdout.isatty() else 120)  # logs: no 80-column squeeze
     run_dir = Path(run_dir or Path("runs") / pipeline.name).resolve()
     (run_dir / ".work").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(pipeline.source, run_dir / "pipeline.yaml")
@@ -307,10 +307,11 @@ def print_summary(console: Any, outcomes: list[StageOutcome], run_dir: Path) -> 
     from rich.table import Table
 
     entries = summary_entries(outcomes)
-    extra = [k for k in ("train/loss", "eval/loss") if any(k in e for e in entries)]
+    columns = {"reward_accuracy": "RM acc", "train/loss": "train loss", "eval/loss": "eval loss"}
+    extra = [k for k in columns if any(k in e for e in entries)]
     table = Table(title=f"rlft summary: {run_dir}", title_justify="left")
-    for col in ("stage", "kind", "status", "seconds", "task reward", *extra):
-        table.add_column(col, justify="right" if col not in ("stage", "kind", "status") else "left")
+    for col in ("stage", "kind", "status", "seconds", "task reward", *(columns[k] for k in extra)):
+        table.add_column(col, justify="left" if col in ("stage", "kind", "status") else "right", no_wrap=True)
     colors = {"ran": "green", "skipped": "cyan", "failed": "red"}
     for e in entries:
         status = e["status"]

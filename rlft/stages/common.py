@@ -134,6 +134,43 @@ def build_trainer_args(
         raise ConfigError(f"stages.{cfg.name}.trainer: {e}") from None
 
 
+def report_data(data: Any, tokenizer: Any, ctx: StageContext, *, max_length: int | None) -> dict[str, Any]:
+    """The stage's data report (lengths, duplicates, tokenisation checks): logged, and written into the artifact."""
+    from rlft.data.report import data_report, write_report
+    from rlft.data.tokenization import log_lines
+
+    report = data_report(
+        data.train,
+        format=data.format,
+        style=data.report["style"],
+        tokenizer=tokenizer,
+        max_length=max_length,
+        validation=data.report,
+    )
+    for line in log_lines(report["tokenization"]):
+        ctx.log(line)
+    if ctx.is_main_process:
+        write_report(report, ctx.artifact_dir)
+    return report
+
+
+def as_explicit_preferences(data: Any, cfg: Any, ctx: StageContext) -> Any:
+    """Preference data with the prompt split out of chosen/rejected when it was implicit (says so)."""
+    from rlft.data.formats import convert
+
+    for split in ("train", "eval"):
+        ds = getattr(data, split)
+        if ds is None:
+            continue
+        converted, note = convert(ds, source=data.format, target="preference")
+        setattr(data, split, converted)
+        if note:
+            data.report["conversions"].append(f"stages.{cfg.name}.data.{split}: {note}")
+            ctx.log(f"data.{split}: {note}")
+    data.format = "preference"
+    return data
+
+
 def read_json(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(Path(path).read_text())

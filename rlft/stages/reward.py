@@ -23,7 +23,14 @@ from pydantic import Field
 
 from rlft.data import DataConfig
 from rlft.models.tuning import FullTuning, TuningConfig
-from rlft.stages.common import StageBase, StageContext, StageResult, build_trainer_args
+from rlft.stages.common import (
+    StageBase,
+    StageContext,
+    StageResult,
+    as_explicit_preferences,
+    build_trainer_args,
+    report_data,
+)
 
 STATS_FILE = "reward_stats.json"  # {"mean", "std", "n"}: rewards of the training responses
 
@@ -69,14 +76,17 @@ def make_trainer(
 
     data = load_stage_data(
         cfg.data,
-        formats=("preference",),
+        formats=("preference", "implicit_preference"),
         base_dir=ctx.base_dir,
         rejects_path=ctx.work_dir / "rejects.jsonl",
         section=f"stages.{cfg.name}.data",
+        tokenizer=tokenizer,
     )
+    data = as_explicit_preferences(data, cfg, ctx)
     n_eval = len(data.eval) if data.eval is not None else 0
     ctx.log(f"data: {len(data.train)} train pairs, {n_eval} eval pairs")
     args = build_trainer_args(RewardConfig, cfg, ctx, has_eval=data.eval is not None, defaults={})
+    report_data(data, tokenizer, ctx, max_length=args.max_length)
     trainer = RewardTrainer(
         model=model,
         args=args,

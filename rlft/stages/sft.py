@@ -19,7 +19,14 @@ from pydantic import Field
 from rlft.data import DataConfig
 from rlft.errors import ConfigError
 from rlft.models.tuning import FullTuning, TuningConfig
-from rlft.stages.common import StageBase, StageContext, StageResult, build_trainer_args, measure_task_reward
+from rlft.stages.common import (
+    StageBase,
+    StageContext,
+    StageResult,
+    build_trainer_args,
+    measure_task_reward,
+    report_data,
+)
 
 
 class Config(StageBase):
@@ -79,6 +86,7 @@ def make_trainer(
         base_dir=ctx.base_dir,
         rejects_path=ctx.work_dir / "rejects.jsonl",
         section=f"stages.{cfg.name}.data",
+        tokenizer=tokenizer,
     )
     ctx.log(
         f"data: {data.format}, {len(data.train)} train rows, {len(data.eval) if data.eval is not None else 0} eval rows"
@@ -102,6 +110,7 @@ def make_trainer(
     _check_truncation(
         cfg, ctx, before=len(data.train), after=len(trainer.train_dataset), max_length=args.max_length
     )
+    report_data(data, tokenizer, ctx, max_length=args.max_length)
     info = {
         "parameters": params,
         "tokenizer_fixups": fixups,
