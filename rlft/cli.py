@@ -160,6 +160,12 @@ Examples:
 def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", type=Path, help="run folder (default: runs/<pipeline name>)")
     p.add_argument("--force", action="store_true", help="re-run stages even when they are done")
+    p.add_argument(
+        "--launch",
+        metavar="NAME|PATH",
+        help="accelerate config for every stage, overriding the file's `launch:` (cpu_2proc, multi_gpu, zero2, zero3, "
+        "zero3_offload, fsdp, or a path)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,7 +189,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rlft.pipeline import run_pipeline
 
     pipeline = load_pipeline(args.pipeline, overrides=parse_overrides(args.overrides))
-    run_pipeline(pipeline, run_dir=args.run_dir, only=args.only, from_stage=args.from_stage, force=args.force)
+    run_pipeline(
+        pipeline,
+        run_dir=args.run_dir,
+        only=args.only,
+        from_stage=args.from_stage,
+        force=args.force,
+        launch=args.launch,
+    )
     return 0
 
 
@@ -219,7 +232,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     path = REPO_ROOT / "configs" / "quickstart.yaml"
     if not path.is_file():
         raise RlftError(f"{path} not found: the quickstart runs from a clone of the rlft repository")
-    outcomes = run_pipeline(load_pipeline(path), run_dir=args.run_dir, force=args.force)
+    outcomes = run_pipeline(load_pipeline(path), run_dir=args.run_dir, force=args.force, launch=args.launch)
     metrics = {o.name: o.record.get("metrics") or {} for o in outcomes}
     line = " -> ".join(
         f"{n} {m['task_reward']:.1%}" for n, m in metrics.items() if m.get("task_reward") is not None

@@ -242,6 +242,14 @@ def check_files(pipeline: Pipeline) -> None:
                     resolve_source(source, key=f"stages[{i}].data.{split}", base_dir=pipeline.base_dir)
                 except DataError as e:
                     raise ConfigError(f"{pipeline.source}: {e}") from None
+    from rlft.pipeline import find_launch_config
+
+    for i, stage in enumerate(pipeline.stages):
+        if stage.launch is not None:
+            try:
+                find_launch_config(stage.launch, base_dir=pipeline.base_dir)
+            except ConfigError as e:
+                raise ConfigError(f"{pipeline.source}: stages[{i}].{e}") from None
     evaluate = pipeline.config.evaluate
     if evaluate is not None:
         for key, value in (("prompts", evaluate.prompts), ("reward", evaluate.reward.rpartition(":")[0])):

@@ -52,6 +52,7 @@ def run_pipeline(
     only: str | None = None,
     from_stage: str | None = None,
     force: bool = False,
+    launch: str | None = None,
     console: Any = None,
 ) -> list[StageOutcome]:
     """Run the selected stages in order. Raises StageFailed when a stage fails (after the summary)."""
@@ -121,7 +122,7 @@ def run_pipeline(
             console.print(
                 f"[yellow]resuming[/]: {stage.name} from {Path(resume_from).name} (an earlier run died)"
             )
-        command = stage_command(stage.launch, work, base_dir=pipeline.base_dir)
+        command = stage_command(launch or stage.launch, work, base_dir=pipeline.base_dir)
         console.print(f"[dim]$ {' '.join(command)}[/]")
         (work / "stage.log").write_text(f"$ {' '.join(command)}\n")
         code = _stream(command, work / "stage.log")
@@ -130,6 +131,8 @@ def run_pipeline(
         )
         if code == 0 and record and record.get("status") == "done":
             shutil.copyfile(work / "stage.log", run_dir / stage.name / "stage.log")
+            if (work / "ranks").is_dir():  # every process's summary (see rlft.stages.common.rank_summary)
+                shutil.copytree(work / "ranks", run_dir / stage.name / "ranks", dirs_exist_ok=True)
             shutil.rmtree(work, ignore_errors=True)
             outcomes.append(StageOutcome(stage.name, stage.kind, "ran", record))
         else:
@@ -233,7 +236,7 @@ def stage_command(launch: str | None, work: Path, *, base_dir: Path) -> list[str
     runner = ["-m", "rlft.stages.runner", str(work)]
     if launch is None:
         return [sys.executable, *runner]
-    config = find_launch_config(launch, base_dir=base_dir)
+    config = resolved_launch_config(find_launch_config(launch, base_dir=base_dir), work / "launch.yaml")
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which(
         "accelerate"
     )
@@ -243,17 +246,34 @@ def stage_command(launch: str | None, work: Path, *, base_dir: Path) -> list[str
 
 
 def find_launch_config(launch: str, *, base_dir: Path) -> Path:
-    """A launch config path: relative to the pipeline file, the working folder, or rlft's own launch/."""
+    """A launch config: a shipped name (`zero3` -> launch/zero3.yaml), or a path relative to the
+    pipeline file, the working folder, or rlft's checkout."""
     p = Path(launch).expanduser()
-    candidates = (
-        [p] if p.is_absolute() else [base_dir / p, Path.cwd() / p, REPO_ROOT / p, REPO_ROOT / "launch" / p]
-    )
+    if p.is_absolute():
+        candidates = [p]
+    else:
+        candidates = [base_dir / p, Path.cwd() / p, REPO_ROOT / p, REPO_ROOT / "launch" / p]
+        if not p.suffix:
+            candidates.append(REPO_ROOT / "launch" / f"{launch}.yaml")
     for c in candidates:
         if c.is_file():
             return c.resolve()
+    shipped = sorted(f.stem for f in (REPO_ROOT / "launch").glob("*.yaml"))
     raise ConfigError(
-        f"launch: {launch}: no such accelerate config (looked in {', '.join(str(c.parent) for c in candidates)})"
+        f"launch: {launch}: no such accelerate config (shipped: {', '.join(shipped)}; or give a path)"
     )
+
+
+def resolved_launch_config(config: Path, out: Path) -> Path:
+    """A copy of the launch config with its DeepSpeed JSON path made absolute (it is relative to the config)."""
+    import yaml
+
+    data = yaml.safe_load(config.read_text()) or {}
+    ds = data.get("deepspeed_config") or {}
+    if ds.get("deepspeed_config_file") and not Path(ds["deepspeed_config_file"]).is_absolute():
+        ds["deepspeed_config_file"] = str((config.parent / ds["deepspeed_config_file"]).resolve())
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    return out
 
 
 def _stream(command: list[str], log_path: Path) -> int:

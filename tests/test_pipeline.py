@@ -184,6 +184,30 @@ def test_launch_config_runs_the_stage_under_accelerate(tmp_path, write_pipeline)
     run_pipeline(load_pipeline(path), run_dir=run_dir)
     assert stage_json(run_dir, "sft")["status"] == "done"
     first_line = (run_dir / "sft" / "stage.log").read_text().splitlines()[0]
-    assert "accelerate launch --config_file" in first_line and first_line.endswith(
-        "launch/cpu.yaml -m rlft.stages.runner " + str(run_dir / ".work" / "sft")
-    )
+    work = run_dir / ".work" / "sft"
+    # The stage ran under `accelerate launch` with a resolved copy of launch/cpu.yaml.
+    assert "accelerate launch --config_file" in first_line
+    assert first_line.endswith(f"{work}/launch.yaml -m rlft.stages.runner {work}")
+    assert stage_json(run_dir, "sft")["world_size"] == 1
+
+
+def test_two_cpu_processes_train_one_model(tmp_path, write_pipeline):
+    """launch/cpu_2proc.yaml really starts two processes (the `--cpu` trap starts one) that train together."""
+    text = write_pipeline(
+        sft_trainer="{max_steps: 4, logging_steps: 1, per_device_train_batch_size: 4}"
+    ).read_text()
+    path = tmp_path / "ddp.yaml"
+    path.write_text(text.replace("stages:", "launch: cpu_2proc\nstages:"))
+    run_dir = tmp_path / "run"
+    run_pipeline(load_pipeline(path), run_dir=run_dir)
+    record = stage_json(run_dir, "sft")
+    assert record["status"] == "done" and record["world_size"] == 2
+    ranks = [json.loads((run_dir / "sft" / "ranks" / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2] and [r["rank"] for r in ranks] == [0, 1]
+    assert (
+        len(ranks[0]["losses"]) == 4 and ranks[0]["losses"] == ranks[1]["losses"]
+    )  # losses reduced across ranks
+    assert ranks[0]["param_checksum"] == ranks[1]["param_checksum"]  # one model, kept in sync
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(run_dir / "sft")  # saved once, complete

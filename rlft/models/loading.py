@@ -12,6 +12,7 @@ chat template becomes ``rlft.models.chat_template.DEFAULT_CHAT_TEMPLATE``.
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,8 +59,11 @@ def resolve_source(
         from rlft.models.tiny import build_tiny
 
         out = tiny_dir(source, run_dir=run_dir, base_dir=base_dir)
-        if not (out / "config.json").exists():
-            build_tiny(source.tiny, out, base_dir=base_dir)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out.parent / f".{out.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # several processes of one stage: one builds, the others wait
+            if not (out / "config.json").exists():
+                build_tiny(source.tiny, out, base_dir=base_dir)
         return ResolvedModel(str(out), description=f"tiny model {out.name}")
     if source.package is not None:
         spec = importlib.util.find_spec(source.package)  # finds the folder without importing the package

@@ -85,6 +85,28 @@ class StageResult:
     )  # summary: final train/eval metrics, task_reward, ...
     info: dict[str, Any] = field(default_factory=dict)  # parameters, tokenizer fix-ups, data report, ...
     has_model: bool = True  # False for stages that only measure (evaluate)
+    rank: dict[str, Any] = field(
+        default_factory=dict
+    )  # this process's view (see rank_summary), one file per rank
+
+
+def rank_summary(trainer: Any) -> dict[str, Any]:
+    """What each process saw: world size, logged losses and a checksum of its final weights.
+
+    Written to `ranks/rank-N.json` beside the artifact, so a multi-process run can be checked:
+    every rank must report the same world size, losses and checksum.
+    """
+    import torch
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    with torch.no_grad():
+        checksum = sum(p.detach().float().sum().item() for p in model.parameters())
+    return {
+        "rank": trainer.args.process_index,
+        "world_size": trainer.args.world_size,
+        "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
+        "param_checksum": checksum,
+    }
 
 
 # rlft's defaults for every TRL trainer config, applied unless the stage's `trainer:` sets the key.

@@ -29,6 +29,7 @@ from rlft.stages.common import (
     StageResult,
     as_explicit_preferences,
     build_trainer_args,
+    rank_summary,
     report_data,
 )
 
@@ -119,6 +120,8 @@ def pair_rewards(trainer: Any, dataset: Any, *, max_rows: int | None = None) -> 
             batch = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
             scores = model(**batch, use_cache=False).logits.squeeze(-1).float()  # (2B,): chosen then rejected
             c, r = torch.chunk(scores, 2)
+            # Several processes each score a shard: gather them (drops the padding duplicates).
+            c, r = trainer.accelerator.gather_for_metrics((c, r))
             chosen.append(c.cpu())
             rejected.append(r.cpu())
     model.train(was_training)
@@ -179,9 +182,10 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
             "WARNING: no eval pairs (set data.eval or data.eval_fraction): accuracy is on training pairs only"
         )
 
+    rank = rank_summary(trainer)  # before saving: merging LoRA changes the weights in place
     model = trainer.accelerator.unwrap_model(trainer.model)
     if ctx.is_main_process:
         info["saved"] = save_model(model, trainer.processing_class, ctx.artifact_dir)
         (ctx.artifact_dir / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
     info["reward_stats"] = stats
-    return StageResult(metrics=metrics, info=info)
+    return StageResult(metrics=metrics, info=info, rank=rank)

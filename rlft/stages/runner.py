@@ -82,6 +82,9 @@ def main(work_dir: str) -> int:
 
     seconds = time.time() - start
     ctx.tracker.finish(result.metrics)
+    rank = int(os.environ.get("RANK", "0"))
+    if result.rank:
+        write_json_atomic(work / "ranks" / f"rank-{rank}.json", result.rank)
     if not main_process:
         return 0
     record.update(
@@ -91,6 +94,7 @@ def main(work_dir: str) -> int:
         metrics=result.metrics,
         info=result.info,
         has_model=result.has_model,
+        world_size=int(os.environ.get("WORLD_SIZE", "1")),
         artifact_hash=model_files_hash(ctx.artifact_dir) if result.has_model else None,
     )
     write_json_atomic(ctx.artifact_dir / "stage.json", record)

@@ -25,6 +25,7 @@ from rlft.stages.common import (
     StageResult,
     build_trainer_args,
     measure_task_reward,
+    rank_summary,
     report_data,
 )
 
@@ -150,6 +151,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         metrics["eval/loss"] = evals["eval_loss"]
         ctx.tracker.log({"eval/loss": evals["eval_loss"]}, step=trainer.state.global_step)
 
+    rank = rank_summary(trainer)  # before saving: merging LoRA changes the weights in place
     model = trainer.accelerator.unwrap_model(trainer.model)
     if ctx.is_main_process:
         info["saved"] = save_model(model, trainer.processing_class, ctx.artifact_dir)
@@ -160,4 +162,4 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
                 metrics["task_reward"] = result["task_reward"]
                 info["samples"] = result["samples"]
                 ctx.tracker.log({"task/reward": result["task_reward"]}, step=trainer.state.global_step)
-    return StageResult(metrics=metrics, info=info)
+    return StageResult(metrics=metrics, info=info, rank=rank)
