@@ -1,0 +1,36 @@
+"""Rank-aware helpers: what every process must call together, and what only the main one keeps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def gathered_model(trainer: Any) -> Any:
+    """The trained model, whole, on the main process (None on the others). Every process must call it.
+
+    Under DeepSpeed ZeRO-3 or FSDP each process holds a shard of the weights, so saving or
+    generating with the local module writes empty tensors or hangs (a known failure elsewhere:
+    empty or size-mismatched adapters saved under ZeRO-3). Then the full state dict is gathered
+    (a collective) and loaded into a fresh copy of the architecture on the main process.
+    """
+    from accelerate.utils import DistributedType
+
+    acc = trainer.accelerator
+    model = acc.unwrap_model(trainer.model)
+    zero3 = acc.distributed_type == DistributedType.DEEPSPEED and acc.state.deepspeed_plugin.zero_stage == 3
+    if not (zero3 or acc.distributed_type == DistributedType.FSDP):
+        return model if acc.is_main_process else None
+    # collective: full weights on the main process (model_wrapped is the DeepSpeed engine / FSDP module)
+    state = acc.get_state_dict(trainer.model_wrapped)
+    if not acc.is_main_process:
+        return None
+    from peft import PeftModel, get_peft_model
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    hf_deepspeed.unset_hf_deepspeed_config()  # build the copy whole, not partitioned by zero.Init
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    fresh = type(base)(base.config)
+    if isinstance(model, PeftModel):
+        fresh = get_peft_model(fresh, model.peft_config["default"])
+    fresh.load_state_dict(state)
+    return fresh
