@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import uuid
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -119,3 +120,19 @@ def model_files_hash(folder: Path) -> str:
             h.update(str(f.relative_to(folder)).encode())
             h.update(sha256_file(f).encode())
     return h.hexdigest()
+
+
+def link_dir(src: Path, dst: Path) -> None:
+    """Make `dst` a copy of folder `src` made of hard links (plain copies where linking fails), swapped
+    into place with one rename. Safe for artifacts: their files are replaced, never edited in place."""
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.link-{uuid.uuid4().hex[:8]}")
+    shutil.copytree(src, tmp, copy_function=_link_or_copy)
+    replace_dir(tmp, dst)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(src, dst)

@@ -60,6 +60,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config value, e.g. stages.sft.trainer.max_steps=50 (VALUE is parsed as YAML); repeatable",
     )
 
+    sweep = sub.add_parser(
+        "sweep",
+        help="run a pipeline once per point of a grid and tabulate the final metrics",
+        description=SWEEP_DESCRIPTION,
+        epilog=SWEEP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sweep.add_argument("pipeline", type=Path, help="pipeline YAML file")
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        required=True,
+        metavar="KEY=[V1,V2]",
+        help="a key and its values (a YAML list), e.g. 'stages.dpo.beta=[0.05,0.1,0.3]'; repeatable (product)",
+    )
+    sweep.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value in every point (as in rlft run); repeatable",
+    )
+    sweep.add_argument(
+        "--sweep-dir", type=Path, help="folder of the sweep (default: runs/<pipeline name>-sweep)"
+    )
+    sweep.add_argument("--force", action="store_true", help="re-run every stage of every point")
+    sweep.add_argument(
+        "--launch", metavar="NAME|PATH", help="accelerate config for every stage (as in rlft run)"
+    )
+
     validate = sub.add_parser(
         "validate",
         help="check pipeline files without running anything",
@@ -129,8 +161,66 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where data_report.json, data_lengths.png and rejects.jsonl go (default: ./data_report/)",
     )
+    export = sub.add_parser(
+        "export",
+        help="write a stage's model as a plain Hugging Face folder (adapters merged with --merge)",
+        description=EXPORT_DESCRIPTION,
+        epilog=EXPORT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument(
+        "source", type=Path, help="a stage folder (runs/<pipeline>/<stage>) or a PEFT adapter folder"
+    )
+    export.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="new folder to write (must not exist or be empty)",
+    )
+    export.add_argument(
+        "--merge",
+        action="store_true",
+        help="fold adapters into the weights: DIR loads with AutoModelForCausalLM.from_pretrained alone",
+    )
     return parser
 
+
+EXPORT_DESCRIPTION = """\
+Write the model of a finished stage as a folder that needs neither rlft nor the run folder:
+weights (safetensors), config and tokenizer with its chat template; rlft's records (stage.json,
+metrics, logs, data reports) are left out.
+
+With --merge the result is one plain model that loads with
+transformers.AutoModelForCausalLM.from_pretrained(DIR) (a reward model: AutoModelForSequenceClassification).
+LoRA, DoRA and (IA)^3 stages are stored merged already; a bare PEFT adapter folder is loaded onto its
+base model and merged. Prompt and prefix tuning cannot be merged (their virtual tokens are inputs, not
+weights): export them without --merge to get the base model plus the PEFT prompt in DIR/adapter.
+"""
+
+EXPORT_EPILOG = """\
+Examples:
+  rlft export runs/quickstart/sft --merge --out models/quickstart-sft
+  rlft export runs/quickstart/sft/adapter --merge --out models/sft-merged   # a PEFT folder onto its base
+  rlft export runs/prompt/sft --out models/sft-prompt                       # prompt tuning: base + adapter/
+"""
+
+
+SWEEP_DESCRIPTION = """\
+Run a pipeline once per point of a grid of config values, one after another, each in its own run
+folder under runs/<pipeline>-sweep/<point>/, and write one table of the final metrics per point
+(sweep.csv, sweep.json, printed). Stages a point shares with an earlier point (same config and
+inputs) are hard-linked, not trained again; reference log-probs are cached for every point.
+Keys are those of `rlft run --set`; `data.KEY` without a stage applies to every stage that trains
+on preference data (reward, dpo, kto).
+"""
+
+SWEEP_EPILOG = """\
+Examples:
+  rlft sweep configs/quickstart.yaml --grid 'stages.dpo.beta=[0.05,0.1,0.3]'
+  rlft sweep configs/quickstart.yaml --grid 'stages.dpo.beta=[0.05,0.1,0.3]' --grid 'data.curate.flip_fraction=[0,0.2]'
+  rlft sweep configs/quickstart.yaml --grid 'stages.dpo.loss_type=[[sigmoid],[sigmoid,sft],[ipo]]'
+"""
 
 INSPECT_FORMAT_CHOICES = (
     "preference",
@@ -200,6 +290,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from rlft.sweep import parse_grid, run_sweep
+
+    run_sweep(
+        args.pipeline,
+        parse_grid(args.grid),
+        overrides=parse_overrides(args.overrides),
+        sweep_dir=args.sweep_dir,
+        force=args.force,
+        launch=args.launch,
+    )
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -241,6 +345,8 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     for name, m in metrics.items():
         if m.get("reward_accuracy") is not None:
             print(f"reward model '{name}': held-out pairwise accuracy {m['reward_accuracy']:.1%}")
+        if m.get("kl") is not None:
+            print(f"stage '{name}': final KL from its reference {m['kl']:.3f} nats per response")
     return 0
 
 
@@ -291,7 +397,21 @@ def parse_overrides(items: list[str]) -> dict[str, object]:
     return overrides
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "quickstart": cmd_quickstart, "data": cmd_data}
+def cmd_export(args: argparse.Namespace) -> int:
+    from rlft.models.export import export_model
+
+    print(export_model(args.source, args.out, merge=args.merge))
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "sweep": cmd_sweep,
+    "validate": cmd_validate,
+    "quickstart": cmd_quickstart,
+    "data": cmd_data,
+    "export": cmd_export,
+}
 DATA_COMMANDS = {"inspect": cmd_data_inspect}
 
 if __name__ == "__main__":

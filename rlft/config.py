@@ -153,7 +153,8 @@ def load_pipeline(path: str | Path, *, overrides: dict[str, Any] | None = None) 
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a pipeline file is a mapping with `name` and `stages`")
     for dotted, value in (overrides or {}).items():
-        _set_dotted(raw, dotted, value)
+        for key in expand_override(raw, dotted):
+            _set_dotted(raw, key, value)
 
     top = _validate(PipelineConfig, raw, prefix="", source=path)
     stages: list[Any] = []
@@ -353,6 +354,29 @@ def _inner_models(annotation: Any) -> list[Any]:
     if origin in (typing.Union, types.UnionType, list, dict, typing.Annotated, tuple):
         return [m for arg in typing.get_args(annotation) for m in _inner_models(arg)]
     return []
+
+
+def expand_override(raw: dict, dotted: str) -> list[str]:
+    """The keys an override sets: itself, or for `data.KEY` (no stage named) the same key under every
+    stage that trains on preference data (reward, dpo, kto), e.g. `data.curate.flip_fraction`: a
+    preference-data experiment. Address one stage's data as `stages.NAME.data.KEY`."""
+    if not dotted.startswith("data."):
+        return [dotted]
+    from rlft.stages import stage_config_class
+
+    names = [
+        s["name"]
+        for s in raw.get("stages") or []
+        if isinstance(s, dict)
+        and "name" in s
+        and getattr(stage_config_class(s.get("kind", "")), "preference_data", False)
+    ]
+    if not names:
+        raise ConfigError(
+            f"override {dotted}: no stage trains on preference data, so a `data.` key without a stage applies "
+            f"nowhere; address a stage: stages.NAME.{dotted}"
+        )
+    return [f"stages.{name}.{dotted}" for name in names]
 
 
 def _set_dotted(raw: dict, dotted: str, value: Any) -> None:

@@ -24,6 +24,29 @@ def gathered_model(trainer: Any) -> Any:
     state = acc.get_state_dict(trainer.model_wrapped)
     if not acc.is_main_process:
         return None
+    return _whole_copy(model, state)
+
+
+def gathered_submodule(accelerator: Any, wrapped: Any, name: str) -> Any:
+    """`gathered_model` for a model prepared with accelerate directly: its submodule `name`
+    (e.g. the policy of PPO's actor-critic), whole on the main process, None on the others.
+    Every process must call it."""
+    from accelerate.utils import DistributedType
+
+    acc = accelerator
+    module = getattr(acc.unwrap_model(wrapped), name)
+    zero3 = acc.distributed_type == DistributedType.DEEPSPEED and acc.state.deepspeed_plugin.zero_stage == 3
+    if not (zero3 or acc.distributed_type == DistributedType.FSDP):
+        return module if acc.is_main_process else None
+    state = acc.get_state_dict(wrapped)  # collective: the whole wrapped model's weights on the main process
+    if not acc.is_main_process:
+        return None
+    prefix = f"{name}."
+    return _whole_copy(module, {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+
+
+def _whole_copy(model: Any, state: dict[str, Any]) -> Any:
+    """A fresh, unpartitioned copy of `model`'s architecture (and peft adapter) holding `state`."""
     from peft import PeftModel, get_peft_model
     from transformers.integrations import deepspeed as hf_deepspeed
 

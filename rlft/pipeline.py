@@ -4,6 +4,7 @@
       <stage>/            finished artifact: HF model + tokenizer + stage.json + metrics.jsonl + stage.log
       .work/<stage>/      a stage in progress: plan.json, stage.json (running/failed), checkpoints/, stage.log
       models/             tiny models built for `model: {tiny: ...}`
+      cache/              reference log-probs of DPO/KTO stages, by content key (rlft/reference.py)
       summary.json        one entry per stage: stage, kind, status, seconds, task_reward, metrics
       pipeline.yaml       the pipeline file this run was started from
 
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlft.artifacts import hash_json, hash_path, write_json_atomic
+from rlft.artifacts import hash_json, hash_path, link_dir, write_json_atomic
 from rlft.config import ModelSource, Pipeline
 from rlft.errors import ConfigError, RlftError
 from rlft.stages.common import read_json
@@ -41,7 +42,7 @@ class StageFailed(RlftError):
 class StageOutcome:
     name: str
     kind: str
-    status: str  # ran, skipped, failed, not run
+    status: str  # ran, skipped, shared (linked from another run), failed, kept, not run
     record: dict[str, Any] = field(default_factory=dict)  # the stage's stage.json
 
 
@@ -54,8 +55,14 @@ def run_pipeline(
     force: bool = False,
     launch: str | None = None,
     console: Any = None,
+    reuse: list[Path] | tuple[Path, ...] = (),
 ) -> list[StageOutcome]:
-    """Run the selected stages in order. Raises StageFailed when a stage fails (after the summary)."""
+    """Run the selected stages in order. Raises StageFailed when a stage fails (after the summary).
+
+    `reuse`: run folders of other runs (earlier points of a sweep). A stage that must run here but
+    is done there with the same config hash and input hashes is hard-linked from there instead
+    (status "shared"): the same test that skips a finished stage, across folders.
+    """
     from rich.console import Console
 
     console = console or Console(width=None if sys.stdout.isatty() else 120)  # logs: no 80-column squeeze
@@ -96,6 +103,16 @@ def run_pipeline(
                 f"[green]skipped[/]: {stage.name} is done with the same config and inputs (--force re-runs it)"
             )
             outcomes.append(StageOutcome(stage.name, stage.kind, "skipped", done))
+            continue
+
+        shared = None if force else _equal_artifact(reuse, stage.name, config_hash, inputs)
+        if shared is not None:
+            link_dir(shared, run_dir / stage.name)
+            console.print(
+                f"[cyan]shared[/]: {stage.name} is done in {shared.parent} with the same config and inputs "
+                "(hard-linked here)"
+            )
+            outcomes.append(StageOutcome(stage.name, stage.kind, "shared", read_json(shared / "stage.json")))
             continue
 
         work = run_dir / ".work" / stage.name
@@ -154,6 +171,7 @@ def stage_fingerprint(
 ) -> tuple[str, dict]:
     """(config hash, content hashes of the inputs): what decides whether a finished stage is still valid."""
     from rlft.models.loading import source_hash
+    from rlft.rewards import RewardSpec
 
     evaluates = (
         pipeline.config.evaluate is not None and stage.uses_task_eval and getattr(stage, "evaluate", True)
@@ -173,6 +191,8 @@ def stage_fingerprint(
                 run_dir=run_dir,
                 base_dir=pipeline.base_dir,
             )
+        elif isinstance(value, RewardSpec):  # `reward:` of PPO/GRPO/RLOO: reward artifacts and files
+            inputs[key] = _reward_inputs(value, artifact_hashes=artifact_hashes, base_dir=pipeline.base_dir)
     data = getattr(stage, "data", None)
     if data is not None:
         inputs["data"] = {
@@ -187,6 +207,18 @@ def stage_fingerprint(
             )
         }
     return hash_json(hashed), inputs
+
+
+def _reward_inputs(spec: Any, *, artifact_hashes: dict, base_dir: Path) -> dict[str, str]:
+    """Content hashes of what a `reward:` block reads: stage artifacts (`from`), model folders
+    (`path`) and reward files (`file.py:fn`); an installed module's function is not hashed."""
+    inputs: dict[str, str] = {}
+    for entry in spec.sum or [spec]:
+        if entry.from_ is not None:
+            inputs[f"from:{entry.from_}"] = artifact_hashes.get(entry.from_, "missing")
+        for p in _local_paths([entry.path or (entry.function or "").split(":")[0]], base_dir):
+            inputs[p] = hash_path(Path(p))
+    return inputs
 
 
 def _local_paths(value: Any, base_dir: Path) -> list[str]:
@@ -216,6 +248,22 @@ def _finished(run_dir: Path, outcomes: list[StageOutcome]) -> tuple[dict[str, st
             paths[o.name] = str(run_dir / o.name)
             hashes[o.name] = o.record.get("artifact_hash") or "unknown"
     return paths, hashes
+
+
+def _equal_artifact(
+    runs: list[Path] | tuple[Path, ...], name: str, config_hash: str, inputs: dict
+) -> Path | None:
+    """A finished artifact of stage `name` in one of `runs` with this config hash and these inputs."""
+    for run in runs:
+        record = read_json(Path(run) / name / "stage.json")
+        if (
+            record
+            and record.get("status") == "done"
+            and record.get("config_hash") == config_hash
+            and record.get("inputs") == inputs
+        ):
+            return Path(run) / name
+    return None
 
 
 def _resume_point(work: Path, config_hash: str, inputs: dict, *, force: bool) -> str | None:
@@ -327,12 +375,12 @@ def print_summary(console: Any, outcomes: list[StageOutcome], run_dir: Path) -> 
     from rich.table import Table
 
     entries = summary_entries(outcomes)
-    columns = {"reward_accuracy": "RM acc", "train/loss": "train loss", "eval/loss": "eval loss"}
+    columns = {"reward_accuracy": "RM acc", "train/loss": "train loss", "eval/loss": "eval loss", "kl": "KL"}
     extra = [k for k in columns if any(k in e for e in entries)]
     table = Table(title=f"rlft summary: {run_dir}", title_justify="left")
     for col in ("stage", "kind", "status", "seconds", "task reward", *(columns[k] for k in extra)):
         table.add_column(col, justify="left" if col in ("stage", "kind", "status") else "right", no_wrap=True)
-    colors = {"ran": "green", "skipped": "cyan", "failed": "red"}
+    colors = {"ran": "green", "skipped": "cyan", "shared": "cyan", "failed": "red"}
     for e in entries:
         status = e["status"]
         table.add_row(

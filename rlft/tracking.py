@@ -25,10 +25,10 @@ def namespaced(logs: dict[str, Any]) -> dict[str, float]:
     for key, value in logs.items():
         if not isinstance(value, int | float) or isinstance(value, bool):
             continue
-        if "/" in key:
-            out[key] = value
-        elif key.startswith("eval_"):
+        if key.startswith("eval_"):  # eval_loss, eval_rewards/margins -> eval/loss, eval/rewards/margins
             out[f"eval/{key[5:]}"] = value
+        elif "/" in key:
+            out[key] = value
         elif key == "train_loss":  # end-of-training summary: the mean over the run, not the last loss
             out["train/mean_loss"] = value
         elif key.startswith("train_"):  # train_runtime, train_samples_per_second, ...
@@ -96,6 +96,23 @@ class Tracker:
             f.write(json.dumps(record) + "\n")
         if self.wandb_run is not None:
             self.wandb_run.log(metrics, step=step)
+
+    def log_table(self, name: str, rows: list[dict[str, Any]], *, step: int) -> None:
+        """A table of rows (e.g. sample generations): one JSON line per row in `<name>.jsonl` beside
+        metrics.jsonl (`/` in the name becomes `_`), and a W&B Table when a run is open."""
+        if not self.main_process or not rows:
+            return
+        path = self.metrics_path.parent / f"{name.replace('/', '_')}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            for row in rows:
+                f.write(json.dumps({"step": step, **row}) + "\n")
+        if self.wandb_run is not None:
+            import wandb
+
+            columns = list(rows[0])
+            table = wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows])
+            self.wandb_run.log({name: table}, step=step)
 
     def finish(self, summary: dict[str, Any] | None = None) -> None:
         if self.wandb_run is not None:

@@ -12,6 +12,7 @@ HEAVY = ("torch", "trl", "deepspeed", "wandb", "transformers", "datasets", "peft
     "code",
     [
         "import rlft, reward_models, rlft.config, rlft.pipeline, rlft.stages.sft, rlft.data",
+        "import rlft.stages.dpo, rlft.stages.kto, rlft.reference, rlft.sweep",
         "from rlft.cli import build_parser; build_parser().format_help()",
     ],
 )

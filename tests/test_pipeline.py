@@ -211,3 +211,40 @@ def test_two_cpu_processes_train_one_model(tmp_path, write_pipeline):
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(run_dir / "sft")  # saved once, complete
+
+
+@pytest.mark.parametrize(
+    "launch, tuning",
+    [
+        ("cpu_2proc_zero2", "{method: full}"),
+        ("cpu_2proc_zero3", "{method: full}"),
+        ("cpu_2proc_zero3", "{method: lora, r: 4}"),
+    ],
+)
+def test_deepspeed_on_two_cpu_processes_saves_whole_weights(
+    tmp_path, write_pipeline, launch, tuning, monkeypatch
+):
+    """ZeRO-2/3 over gloo: same losses and weights on both ranks, and the artifact holds the full weights
+    (under ZeRO-3 each rank holds a shard: saving the local module would write empty tensors)."""
+    from safetensors import safe_open
+
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    text = write_pipeline(
+        sft_trainer="{max_steps: 3, logging_steps: 1, per_device_train_batch_size: 4}"
+    ).read_text()
+    path = tmp_path / "ds.yaml"
+    path.write_text(
+        text.replace("stages:", f"launch: {launch}\nstages:").replace(
+            "kind: sft\n", f"kind: sft\n    tuning: {tuning}\n"
+        )
+    )
+    run_dir = tmp_path / "run"
+    run_pipeline(load_pipeline(path), run_dir=run_dir)
+    assert stage_json(run_dir, "sft")["world_size"] == 2
+    ranks = [json.loads((run_dir / "sft" / "ranks" / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["losses"] == ranks[1]["losses"] and len(ranks[0]["losses"]) == 3
+    assert ranks[0]["param_checksum"] == ranks[1]["param_checksum"]
+    with safe_open(str(run_dir / "sft" / "model.safetensors"), "pt") as f:
+        shapes = {k: tuple(f.get_tensor(k).shape) for k in f.keys()}
+    assert shapes["model.embed_tokens.weight"][1] == 32 and all(0 not in s for s in shapes.values())
+    assert not any("lora" in k for k in shapes)  # adapters merged into whole weights

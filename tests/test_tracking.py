@@ -13,9 +13,12 @@ from rlft.tracking import Tracker, namespaced, read_metrics
 
 def test_trainer_keys_are_namespaced():
     logs = {"loss": 1.5, "eval_loss": 2.0, "train_loss": 1.7, "train_runtime": 3.0, "epoch": 1.0, "note": "x"}
+    logs |= {"rewards/margins": 0.5, "eval_rewards/margins": 0.25}  # TRL's own names keep their namespace
     assert namespaced(logs) == {
         "train/loss": 1.5,
         "eval/loss": 2.0,
+        "rewards/margins": 0.5,
+        "eval/rewards/margins": 0.25,
         "train/mean_loss": 1.7,
         "train/runtime": 3.0,
         "train/epoch": 1.0,

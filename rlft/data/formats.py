@@ -8,6 +8,7 @@
 | `implicit_preference` | `chosen`, `rejected`, no `prompt` (conversational only); optional `margin` |
 | `unpaired_preference` | `prompt`, `completion`, `label` |
 | `contrastive`         | `anchor`, `positive`, optional `negative` (strings) |
+| `prompt_only`         | `prompt` (TRL's prompt-only: what online methods, PPO/GRPO/RLOO, sample from) |
 
 A dataset is *standard* (the text fields are strings) or *conversational* (they are lists of
 `{role, content}` messages), never a mix: TRL applies the chat template to all rows or none.
@@ -47,6 +48,7 @@ FORMATS: dict[str, tuple[tuple[str, ...], ...]] = {
     "implicit_preference": (("chosen", "rejected"),),
     "language_modeling": (("messages",), ("text",)),
     "contrastive": (("anchor", "positive", "negative"), ("anchor", "positive")),
+    "prompt_only": (("prompt",),),  # last: any format with a prompt is also prompt-only data
 }
 # format -> columns whose presence rules it out: with a prompt column, preference is explicit.
 EXCLUDED: dict[str, tuple[str, ...]] = {"implicit_preference": ("prompt",)}
@@ -80,7 +82,11 @@ class Detected:
 
 
 def match_formats(columns: Iterable[str], formats: Iterable[str] = tuple(FORMATS)) -> list[Detected]:
-    """Every format among `formats` that `columns` make, most specific first."""
+    """Every format among `formats` that `columns` make, most specific first.
+
+    `prompt_only` is the fallback: every format with a prompt makes it too, so it is reported only
+    when the columns make no other format among `formats`.
+    """
     present, wanted = set(columns), set(formats)
     found = []
     for name, column_sets in FORMATS.items():
@@ -90,6 +96,8 @@ def match_formats(columns: Iterable[str], formats: Iterable[str] = tuple(FORMATS
             if present.issuperset(fields):
                 found.append(Detected(name, fields))
                 break
+    if len(found) > 1:
+        found = [d for d in found if d.format != "prompt_only"]
     return found
 
 
@@ -383,6 +391,10 @@ def _contrastive(row: Mapping, detected: Detected, style: str) -> Problem | None
     return None
 
 
+def _prompt_only(row: Mapping, detected: Detected, style: str) -> Problem | None:
+    return _first_problem(row, [("prompt", lambda v: check_styled(v, style, needs_assistant=False))])
+
+
 ROW_CHECKS: dict[str, Callable[[Mapping, Detected, str], Problem | None]] = {
     "language_modeling": _language_modeling,
     "prompt_completion": _prompt_completion,
@@ -390,6 +402,7 @@ ROW_CHECKS: dict[str, Callable[[Mapping, Detected, str], Problem | None]] = {
     "implicit_preference": _implicit_preference,
     "unpaired_preference": _unpaired_preference,
     "contrastive": _contrastive,
+    "prompt_only": _prompt_only,
 }
 
 

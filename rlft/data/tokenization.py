@@ -286,6 +286,14 @@ def _render_contrastive(row: Mapping, tokenizer: Any, style: str) -> Rendered:
     return Rendered(None, texts, fields=dict(texts))
 
 
+def _render_prompt(row: Mapping, tokenizer: Any, style: str) -> Rendered:
+    """A prompt alone (prompt-only data), as a generating model sees it: with the generation prompt."""
+    if style == CONVERSATIONAL:
+        text = _template(tokenizer, row["prompt"], generation_prompt=True)
+        return Rendered(None, {"prompt": text}, fields={"prompt": text}, special=False)
+    return Rendered(None, {"prompt": row["prompt"]}, fields={"prompt": row["prompt"]})
+
+
 RENDERERS: dict[str, Callable[[Mapping, Any, str], Rendered]] = {
     "language_modeling": _render_language_modeling,
     "prompt_completion": lambda row, tok, style: _render_answers(row, tok, style, ["completion"]),
@@ -293,6 +301,7 @@ RENDERERS: dict[str, Callable[[Mapping, Any, str], Rendered]] = {
     "preference": lambda row, tok, style: _render_answers(row, tok, style, ["chosen", "rejected"]),
     "implicit_preference": lambda row, tok, style: _render_answers(row, tok, style, ["chosen", "rejected"]),
     "contrastive": _render_contrastive,
+    "prompt_only": _render_prompt,
 }
 
 

@@ -145,11 +145,16 @@ def load_causal_lm(
     dtype: str = "float32",
     tokenizer: Any = None,
     auto_class: str = "AutoModelForCausalLM",
+    log=print,
     **extra: Any,
 ) -> Any:
     """Load a model: a causal LM unless `auto_class` says otherwise (AutoModelForSequenceClassification, ...).
 
-    A GGUF checkpoint is dequantised into a plain model that saves normally.
+    A GGUF checkpoint is dequantised into a plain model that saves normally. An rlft artifact
+    that keeps its prompt unmerged (prompt/prefix tuning, see rlft.models.tuning) comes back as
+    a PeftModel carrying that prompt, so that the model is the earlier stage's model exactly.
+    A stage that starts from such a model and compares against its start (DPO, KTO, PPO) must
+    pass an explicit reference (`load_reference`): "adapter disabled" would drop the prompt.
     """
     import transformers
 
@@ -170,7 +175,35 @@ def load_causal_lm(
     if tokenizer is not None and getattr(model, "generation_config", None) is not None:
         if model.generation_config.pad_token_id is None:
             model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return _with_kept_adapter(model, resolved, auto_class=auto_class, log=log)
+
+
+def load_reference(
+    resolved: ResolvedModel, *, dtype: str = "float32", tokenizer: Any = None, **extra: Any
+) -> Any:
+    """A frozen copy of a starting model (kept prompt included), in eval mode: a DPO/KTO/PPO reference."""
+    model = load_causal_lm(resolved, dtype=dtype, tokenizer=tokenizer, **extra)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
     return model
+
+
+def _with_kept_adapter(model: Any, resolved: ResolvedModel, *, auto_class: str, log) -> Any:
+    """Re-attach the prompt an rlft prompt/prefix-tuning artifact keeps in adapter/ (no-op otherwise)."""
+    from rlft.models.tuning import attach_kept_adapter, kept_adapter
+
+    folder = Path(resolved.name_or_path) / resolved.kwargs.get("subfolder", "")
+    if resolved.gguf_file or not folder.is_dir() or kept_adapter(folder) is None:
+        return model
+    if auto_class != "AutoModelForCausalLM":
+        log(
+            f"WARNING: {resolved.description} keeps a learned prompt (prompt/prefix tuning) that peft cannot put on "
+            f"a {auto_class.removeprefix('AutoModelFor')} model: this model starts from its base weights, without it"
+        )
+        return model
+    log(f"{resolved.description}: re-attaching its learned prompt from {kept_adapter(folder)}")
+    return attach_kept_adapter(model, folder)
 
 
 def _plain_copy(model: Any, cls: Any) -> Any:

@@ -5,6 +5,11 @@
 | `core`          | per-token maths: log-probs, masked statistics, KL estimators, rewards, GAE, losses |
 | `experience`    | the `Experience` dataclass (one batch of rollouts) and `make_experience`          |
 | `kl_controller` | fixed and adaptive KL coefficients (Ziegler et al. 2019, sec. 2.2)                |
+| `rollout`       | prompts -> sampled responses -> scores -> `Experience` (prompt order, reference)  |
+| `critic`        | the value model (from a reward model or the policy) and the actor-critic module   |
+| `update`        | PPO epochs of clipped-loss minibatch updates; the optimizer and its LR schedule   |
+| `metrics`       | the `ppo/*` metrics of a step, averaged over processes; sample-table rows         |
+| `checkpoint`    | save / resume a run: accelerate's state + trainer_state.json                      |
 
 Sources, cited where each piece is defined:
 - Huang et al. 2024, "The N+ Implementation Details of RLHF with PPO: A Case Study on TL;DR
@@ -22,5 +27,5 @@ Shape letters, used in every docstring and comment of this package:
     V   vocabulary
 
 Nothing is imported here: `import rlft.rl.kl_controller` needs no torch, and `import rlft`
-never imports this package.
+never imports this package. The `ppo` stage (rlft/stages/ppo.py) wires the pieces together.
 """

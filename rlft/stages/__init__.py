@@ -13,6 +13,11 @@ from typing import Any
 STAGES: dict[str, str] = {
     "sft": "rlft.stages.sft",
     "reward": "rlft.stages.reward",
+    "dpo": "rlft.stages.dpo",
+    "kto": "rlft.stages.kto",
+    "ppo": "rlft.stages.ppo",
+    "grpo": "rlft.stages.grpo",
+    "rloo": "rlft.stages.rloo",
     "evaluate": "rlft.stages.evaluate",
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -28,6 +29,9 @@ class StageBase(Strict):
     trainer_config_class: ClassVar[str | None] = None
     # Whether the stage measures the pipeline's `evaluate:` task reward (its config then counts in the hash).
     uses_task_eval: ClassVar[bool] = False
+    # Whether the stage trains on preference data; an override `data.KEY=...` without a stage
+    # (`rlft run --set`, `rlft sweep --grid`) applies to every such stage.
+    preference_data: ClassVar[bool] = False
 
     def references(self) -> list[tuple[str, str]]:
         """(key, stage name) for every `{from: STAGE}` in this stage's config."""
@@ -67,6 +71,12 @@ class StageContext:
         return self.work_dir / "metrics.jsonl"
 
     @property
+    def cache_dir(self) -> Path:
+        """Results reusable across stages and runs (reference log-probs), keyed by content:
+        runs/<pipeline>/cache, or $RLFT_CACHE_DIR when set (`rlft sweep` points share one)."""
+        return Path(os.environ.get("RLFT_CACHE_DIR") or self.run_dir / "cache")
+
+    @property
     def is_main_process(self) -> bool:
         return int(os.environ.get("RANK", "0")) == 0
 
@@ -98,9 +108,14 @@ def rank_summary(trainer: Any) -> dict[str, Any]:
     """
     import torch
 
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    with torch.no_grad():
-        checksum = sum(p.detach().float().sum().item() for p in model.parameters())
+    params = list(trainer.accelerator.unwrap_model(trainer.model).parameters())
+    gather = contextlib.nullcontext()
+    if any(hasattr(p, "ds_id") for p in params):  # ZeRO-3 shards: gather them to see the whole weights
+        import deepspeed
+
+        gather = deepspeed.zero.GatheredParameters(params)
+    with torch.no_grad(), gather:
+        checksum = sum(p.detach().float().sum().item() for p in params)
     return {
         "rank": trainer.args.process_index,
         "world_size": trainer.args.world_size,
@@ -178,18 +193,24 @@ def report_data(data: Any, tokenizer: Any, ctx: StageContext, *, max_length: int
 
 def as_explicit_preferences(data: Any, cfg: Any, ctx: StageContext) -> Any:
     """Preference data with the prompt split out of chosen/rejected when it was implicit (says so)."""
+    return convert_data(data, cfg, ctx, target="preference")
+
+
+def convert_data(data: Any, cfg: Any, ctx: StageContext, *, target: str) -> Any:
+    """The stage's data converted to format `target` (rlft.data.formats.CONVERSIONS), noted in its
+    report and the log; e.g. preference pairs -> unpaired rows for KTO."""
     from rlft.data.formats import convert
 
     for split in ("train", "eval"):
         ds = getattr(data, split)
         if ds is None:
             continue
-        converted, note = convert(ds, source=data.format, target="preference")
+        converted, note = convert(ds, source=data.format, target=target)
         setattr(data, split, converted)
         if note:
             data.report["conversions"].append(f"stages.{cfg.name}.data.{split}: {note}")
             ctx.log(f"data.{split}: {note}")
-    data.format = "preference"
+    data.format = target
     return data
 
 
@@ -233,3 +254,30 @@ def measure_task_reward(model: Any, tokenizer: Any, ctx: StageContext) -> dict[s
     for sample in result.get("samples", [])[:3]:
         ctx.log(f"  sample: {sample}")
     return result
+
+
+def peak_memory() -> dict[str, float]:
+    """This process's peak memory so far, in MiB: resident set size, and max allocated on the GPU.
+
+    A stage runs in its own process (DESIGN.md decision 3), so for the runner this is the stage's peak.
+    RSS counts everything the process touched (Python, libraries, data), not only tensors.
+    """
+    import resource
+    import sys
+
+    import torch
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    peak = {"rss_mib": round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)}
+    if torch.cuda.is_available():
+        peak["gpu_max_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return peak
+
+
+def describe_peak_memory(peak: dict[str, float]) -> str:
+    gpu = (
+        f", GPU max allocated {peak['gpu_max_allocated_mib']:,.0f} MiB"
+        if "gpu_max_allocated_mib" in peak
+        else ""
+    )
+    return f"peak memory: RSS {peak['rss_mib']:,.0f} MiB{gpu}"

@@ -19,10 +19,10 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from rlft.data import DataConfig
-from rlft.models.tuning import FullTuning, TuningConfig
+from rlft.models.tuning import PROMPT_METHODS, FullTuning, TuningConfig
 from rlft.stages.common import (
     StageBase,
     StageContext,
@@ -46,6 +46,16 @@ class Config(StageBase):
     stats_rows: int = Field(default=2000, gt=0)  # training pairs scored for the normalisation statistics
 
     trainer_config_class = "trl.trainer.reward_config:RewardConfig"
+    preference_data = True
+
+    @model_validator(mode="after")
+    def _tuning_for_a_scorer(self) -> Config:
+        if self.tuning.method in PROMPT_METHODS:
+            raise ValueError(
+                f"tuning.method {self.tuning.method}: works on generating models only (peft cannot give a "
+                "reward model's score head a prompt); use full, freeze, lora, dora or adapter"
+            )
+        return self
 
 
 def make_trainer(
@@ -56,7 +66,13 @@ def make_trainer(
 
     from rlft.data import load_stage_data
     from rlft.models.loading import load_causal_lm, load_tokenizer, resolve_source
-    from rlft.models.tuning import apply_tuning, count_parameters
+    from rlft.models.tuning import (
+        apply_tuning,
+        count_parameters,
+        describe_parameters,
+        tuning_callbacks,
+        tuning_trainer_defaults,
+    )
 
     resolved = resolve_source(
         cfg.model, model_paths=ctx.model_paths, run_dir=ctx.run_dir, base_dir=ctx.base_dir
@@ -68,12 +84,14 @@ def make_trainer(
         dtype=cfg.model.dtype,
         tokenizer=tokenizer,
         auto_class="AutoModelForSequenceClassification",
+        log=ctx.log,
         num_labels=1,
     )
     model.config.pad_token_id = tokenizer.pad_token_id  # the score is read at the last non-pad token
-    model = apply_tuning(model, cfg.tuning, task_type="SEQ_CLS")
+    model = apply_tuning(model, cfg.tuning, task_type="SEQ_CLS", tokenizer=tokenizer)
     params = count_parameters(model)
-    ctx.log(f"tuning: {cfg.tuning.method}: {params['trainable']:,} of {params['total']:,} parameters train")
+    ctx.log(describe_parameters(cfg.tuning, params))
+    callbacks = [*(callbacks or []), *tuning_callbacks(model, cfg.tuning, log=ctx.log)]
 
     data = load_stage_data(
         cfg.data,
@@ -86,7 +104,9 @@ def make_trainer(
     data = as_explicit_preferences(data, cfg, ctx)
     n_eval = len(data.eval) if data.eval is not None else 0
     ctx.log(f"data: {len(data.train)} train pairs, {n_eval} eval pairs")
-    args = build_trainer_args(RewardConfig, cfg, ctx, has_eval=data.eval is not None, defaults={})
+    args = build_trainer_args(
+        RewardConfig, cfg, ctx, has_eval=data.eval is not None, defaults=tuning_trainer_defaults(cfg.tuning)
+    )
     report_data(data, tokenizer, ctx, max_length=args.max_length)
     trainer = RewardTrainer(
         model=model,
@@ -144,6 +164,7 @@ def pair_metrics(chosen: Any, rejected: Any) -> dict[str, float]:
 def run(cfg: Config, ctx: StageContext) -> StageResult:
     import torch
 
+    from rlft.distributed import gathered_model
     from rlft.models.tuning import save_model
     from rlft.tracking import trainer_callback
 
@@ -183,8 +204,8 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         )
 
     rank = rank_summary(trainer)  # before saving: merging LoRA changes the weights in place
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if ctx.is_main_process:
+    model = gathered_model(trainer)  # whole on the main process, also under ZeRO-3/FSDP
+    if model is not None:
         info["saved"] = save_model(model, trainer.processing_class, ctx.artifact_dir)
         (ctx.artifact_dir / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
     info["reward_stats"] = stats

@@ -18,7 +18,7 @@ from rlft.artifacts import git_commit, library_versions, model_files_hash, repla
 from rlft.config import EvaluateConfig, TrackingConfig
 from rlft.errors import RlftError
 from rlft.stages import stage_module
-from rlft.stages.common import StageContext, read_json
+from rlft.stages.common import StageContext, describe_peak_memory, peak_memory, read_json
 from rlft.tracking import Tracker
 
 
@@ -81,6 +81,8 @@ def main(work_dir: str) -> int:
         return _fail(work, record, ctx, main_process, f"{type(e).__name__}: {e}", code=1)
 
     seconds = time.time() - start
+    result.info["peak_memory"] = peak_memory()
+    ctx.log(describe_peak_memory(result.info["peak_memory"]))
     ctx.tracker.finish(result.metrics)
     rank = int(os.environ.get("RANK", "0"))
     if result.rank:

@@ -53,8 +53,14 @@ def trainer_args(
         )
     from trl import SFTConfig
 
+    from rlft.models.tuning import tuning_trainer_defaults
+
     return build_trainer_args(
-        SFTConfig, cfg, ctx, has_eval=has_eval, defaults={"assistant_only_loss": assistant_only}
+        SFTConfig,
+        cfg,
+        ctx,
+        has_eval=has_eval,
+        defaults={"assistant_only_loss": assistant_only, **tuning_trainer_defaults(cfg.tuning)},
     )
 
 
@@ -66,20 +72,18 @@ def make_trainer(
 
     from rlft.data import load_stage_data
     from rlft.models.loading import load_causal_lm, load_tokenizer, resolve_source
-    from rlft.models.tuning import apply_tuning, count_parameters
+    from rlft.models.tuning import apply_tuning, count_parameters, describe_parameters, tuning_callbacks
 
     resolved = resolve_source(
         cfg.model, model_paths=ctx.model_paths, run_dir=ctx.run_dir, base_dir=ctx.base_dir
     )
     ctx.log(f"model: {resolved.description}")
     tokenizer, fixups = load_tokenizer(resolved, log=ctx.log)
-    model = load_causal_lm(resolved, dtype=cfg.model.dtype, tokenizer=tokenizer)
-    model = apply_tuning(model, cfg.tuning)
+    model = load_causal_lm(resolved, dtype=cfg.model.dtype, tokenizer=tokenizer, log=ctx.log)
+    model = apply_tuning(model, cfg.tuning, tokenizer=tokenizer)
     params = count_parameters(model)
-    ctx.log(
-        f"tuning: {cfg.tuning.method}: {params['trainable']:,} of {params['total']:,} parameters train "
-        f"({100 * params['trainable_fraction']:.2f}%)"
-    )
+    ctx.log(describe_parameters(cfg.tuning, params))
+    callbacks = [*(callbacks or []), *tuning_callbacks(model, cfg.tuning, log=ctx.log)]
 
     data = load_stage_data(
         cfg.data,
@@ -134,7 +138,8 @@ def _check_truncation(
 
 
 def run(cfg: Config, ctx: StageContext) -> StageResult:
-    from rlft.models.tuning import save_model
+    from rlft.distributed import gathered_model
+    from rlft.models.tuning import model_to_run, save_model
     from rlft.tracking import trainer_callback
 
     trainer, info = make_trainer(cfg, ctx, callbacks=[trainer_callback(ctx.tracker)])
@@ -152,12 +157,11 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         ctx.tracker.log({"eval/loss": evals["eval_loss"]}, step=trainer.state.global_step)
 
     rank = rank_summary(trainer)  # before saving: merging LoRA changes the weights in place
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if ctx.is_main_process:
+    model = gathered_model(trainer)  # whole on the main process, also under ZeRO-3/FSDP
+    if model is not None:
         info["saved"] = save_model(model, trainer.processing_class, ctx.artifact_dir)
         if cfg.evaluate:
-            merged = model.get_base_model() if hasattr(model, "get_base_model") else model
-            result = measure_task_reward(merged, trainer.processing_class, ctx)
+            result = measure_task_reward(model_to_run(model), trainer.processing_class, ctx)
             if result is not None:
                 metrics["task_reward"] = result["task_reward"]
                 info["samples"] = result["samples"]

@@ -100,7 +100,7 @@ def test_lora_trains_adapters_and_saves_merged_model(tmp_path, tiny_model):
     result = sft.run(cfg, ctx)
     params = result.info["parameters"]
     assert 0 < params["trainable"] < params["total"] * 0.5
-    assert result.info["saved"] == {"merged": True, "adapter": "adapter/"}
+    assert result.info["saved"] == {"merged": True, "adapter": "adapter/", "peft": "lora"}
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model)
     merged = AutoModelForCausalLM.from_pretrained(ctx.artifact_dir)  # a plain model: no peft needed

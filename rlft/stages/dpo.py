@@ -1,0 +1,249 @@
+"""`kind: dpo`: offline preference optimisation (DPO and its family) on TRL's DPOTrainer.
+
+The policy learns from preference pairs directly, without a reward model: the loss raises
+log π_θ(chosen) - log π_ref(chosen) above log π_θ(rejected) - log π_ref(rejected) (Rafailov et al.,
+2023). `loss_type` picks the loss, several with `loss_weights` (rlft/losses.py has each formula
+and its paper): `sigmoid` (DPO; cDPO with `label_smoothing`), `ipo`, `hinge`, `robust` (rDPO),
+`sigmoid_norm` (length-normalised), `sft` (NLL of the chosen answers; `[sigmoid, sft]` = DPO+NLL).
+
+The reference (rlft/reference.py) is the starting model, usually `{from: sft}`, unless `reference:`
+names another; an adapter-only starting model is merged first, so at step 0 the policy *is* the
+reference: every margin is 0 and the loss log 2. With `precompute_reference: true` the reference
+log-probs of the train and eval pairs are computed once and cached on disk, so another β, loss
+or sweep point over the same data and reference does not run the reference model again.
+
+    setup: model (adapters merged) + tokenizer (+ tuning) -> pairs -> DPOConfig -> reference -> DPOTrainer
+    train: trainer.train(resume_from_checkpoint=<last checkpoint of a run that died>)
+    save:  plain HF folder (adapters merged) + task reward of greedy generations
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from rlft.config import ModelSource
+from rlft.data import DataConfig
+from rlft.models.tuning import FullTuning, TuningConfig
+from rlft.stages.common import (
+    StageBase,
+    StageContext,
+    StageResult,
+    as_explicit_preferences,
+    build_trainer_args,
+    measure_task_reward,
+    rank_summary,
+    report_data,
+)
+
+LossName = Literal["sigmoid", "ipo", "hinge", "robust", "sigmoid_norm", "sft"]
+# Stage keys that set DPOConfig fields: given here, not in `trainer:` (one place for each value).
+STAGE_KEYS = {
+    "beta": "beta",
+    "loss_type": "loss_type",
+    "loss_weights": "loss_weights",
+    "label_smoothing": "label_smoothing",
+    "max_length": "max_length",
+    "precompute_ref_log_probs": "precompute_reference",
+}
+# Final metrics read from the trainer's last training log (TRL's names, kept as they are).
+TRAIN_METRICS = ("rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected")
+
+
+class Config(StageBase):
+    kind: Literal["dpo"] = "dpo"
+    data: DataConfig  # preference pairs: prompt, chosen, rejected (an implicit prompt is split off)
+    reference: ModelSource | None = None  # the frozen reference; None = the stage's starting model
+    tuning: TuningConfig = Field(default_factory=FullTuning)  # which parameters train
+    loss_type: list[LossName] = ["sigmoid"]  # one loss or several, summed with loss_weights (rlft/losses.py)
+    loss_weights: list[float] | None = None  # one weight per loss_type; None = 1 each
+    beta: float = Field(default=0.1, gt=0)  # KL strength: higher keeps the policy closer to the reference
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)  # assumed flipped-label share: cDPO / rDPO
+    max_length: int | None = Field(1024, gt=0)  # prompt + answer tokens; longer pairs are cut at the end
+    precompute_reference: bool = False  # reference log-probs computed once before training, cached on disk
+    trainer: dict[str, Any] = {}  # passes through to trl.DPOConfig (checked against its fields)
+    evaluate: bool = True  # measure the pipeline's task reward after training
+
+    trainer_config_class = "trl.trainer.dpo_config:DPOConfig"
+    uses_task_eval = True
+    preference_data = True
+
+    @field_validator("loss_type", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        if not self.loss_type:
+            raise ValueError("loss_type: give at least one loss, e.g. [sigmoid]")
+        if len(set(self.loss_type)) != len(self.loss_type):
+            raise ValueError(f"loss_type: {self.loss_type} names a loss twice; weight it with loss_weights")
+        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
+            raise ValueError(
+                f"loss_weights: {len(self.loss_weights)} weights for {len(self.loss_type)} losses "
+                f"({', '.join(self.loss_type)}); give one weight per loss"
+            )
+        if self.label_smoothing > 0:
+            if not {"sigmoid", "robust"} & set(self.loss_type):
+                raise ValueError(
+                    "label_smoothing is read by sigmoid (cDPO) and robust (rDPO) only; "
+                    f"loss_type {self.loss_type} has neither"
+                )
+            if {"sigmoid", "robust"} <= set(self.loss_type):
+                raise ValueError(
+                    "label_smoothing would mean cDPO for sigmoid and rDPO for robust at once; use one of them"
+                )
+        for key, stage_key in STAGE_KEYS.items():
+            if key in self.trainer:
+                raise ValueError(f"trainer.{key}: set {stage_key} on the stage itself, not in trainer")
+        return self
+
+
+def trl_losses(
+    loss_type: list[str], loss_weights: list[float] | None, label_smoothing: float
+) -> dict[str, Any]:
+    """rlft's loss settings as DPOConfig's `loss_type`, `loss_weights` and `label_smoothing`.
+
+    rlft's loss names are TRL's. One setting needs translating: TRL 1.16's `sigmoid` ignores
+    `label_smoothing` (only robust, exo_pair and aot read it), so cDPO, `sigmoid` with ε > 0,
+    runs as (1 - ε)·sigmoid + ε·robust with TRL's label_smoothing at 1, where robust is
+    [-(1 - 1) log σ(βΔ) + log σ(-βΔ)] / (1 - 2) = -log σ(-βΔ): together exactly
+    -(1 - ε) log σ(βΔ) - ε log σ(-βΔ) (tests/test_losses.py checks it on TRL's own loss).
+    """
+    weights = list(loss_weights or [1.0] * len(loss_type))
+    if label_smoothing == 0 or "sigmoid" not in loss_type:
+        return {"loss_type": list(loss_type), "loss_weights": weights, "label_smoothing": label_smoothing}
+    types, mapped = [], []
+    for name, weight in zip(loss_type, weights, strict=True):
+        if name == "sigmoid":
+            types += ["sigmoid", "robust"]
+            mapped += [weight * (1 - label_smoothing), weight * label_smoothing]
+        else:
+            types.append(name)
+            mapped.append(weight)
+    return {"loss_type": types, "loss_weights": mapped, "label_smoothing": 1.0}
+
+
+def make_trainer(
+    cfg: Config, ctx: StageContext, *, callbacks: list | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """Everything up to `trainer.train()`: model, tokenizer, tuning, pairs, DPOConfig, reference, DPOTrainer."""
+    from trl import DPOConfig, DPOTrainer
+
+    from rlft.data import load_stage_data
+    from rlft.models.loading import load_tokenizer, resolve_source
+    from rlft.models.tuning import apply_tuning, count_parameters, describe_parameters, tuning_callbacks
+    from rlft.reference import load_merged_model, reference_cache, reference_model, reference_trainer_class
+
+    resolved = resolve_source(
+        cfg.model, model_paths=ctx.model_paths, run_dir=ctx.run_dir, base_dir=ctx.base_dir
+    )
+    ctx.log(f"model: {resolved.description}")
+    tokenizer, fixups = load_tokenizer(resolved, log=ctx.log)
+    start = load_merged_model(resolved, dtype=cfg.model.dtype, tokenizer=tokenizer, log=ctx.log)
+    model = apply_tuning(start, cfg.tuning, tokenizer=tokenizer)
+    params = count_parameters(model)
+    ctx.log(describe_parameters(cfg.tuning, params))
+    callbacks = [*(callbacks or []), *tuning_callbacks(model, cfg.tuning, log=ctx.log)]
+
+    data = load_stage_data(
+        cfg.data,
+        formats=("preference", "implicit_preference"),
+        base_dir=ctx.base_dir,
+        rejects_path=ctx.work_dir / "rejects.jsonl",
+        section=f"stages.{cfg.name}.data",
+        tokenizer=tokenizer,
+    )
+    data = as_explicit_preferences(data, cfg, ctx)
+    n_eval = len(data.eval) if data.eval is not None else 0
+    ctx.log(f"data: {len(data.train)} train pairs, {n_eval} eval pairs")
+
+    losses = trl_losses(cfg.loss_type, cfg.loss_weights, cfg.label_smoothing)
+    if losses["loss_type"] != cfg.loss_type:
+        ctx.log(
+            f"cDPO: sigmoid with label_smoothing {cfg.label_smoothing} runs as TRL's {losses['loss_type']} "
+            f"weighted {losses['loss_weights']} at label_smoothing 1.0 (the same loss; see rlft.stages.dpo.trl_losses)"
+        )
+    settings = {
+        **losses,
+        "beta": cfg.beta,
+        "max_length": cfg.max_length,
+        "precompute_ref_log_probs": cfg.precompute_reference,
+    }
+    args = build_trainer_args(DPOConfig, cfg, ctx, has_eval=data.eval is not None, defaults=settings)
+    ref_model, reference = reference_model(
+        cfg, ctx, start=start, policy=model, tokenizer=tokenizer, precompute=cfg.precompute_reference
+    )
+    ctx.log(f"reference: {reference}")
+    cache = (
+        reference_cache(cfg, ctx, tokenizer=tokenizer, trainer="dpo", args=args)
+        if cfg.precompute_reference
+        else None
+    )
+    report_data(data, tokenizer, ctx, max_length=args.max_length)
+    trainer = reference_trainer_class(DPOTrainer)(
+        model=model,
+        ref_model=ref_model,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        ref_cache=cache,
+    )
+    if cache is not None and trainer.ref_model is not None:
+        trainer.ref_model = None  # its log-probs are in the data now: free it, as TRL does for its own copy
+    info = {
+        "parameters": params,
+        "tokenizer_fixups": fixups,
+        "data": data.report,
+        "model": resolved.description,
+        "reference": {"model": reference, "cache": cache.events if cache is not None else None},
+        "trl_losses": losses,
+    }
+    return trainer, info
+
+
+def final_metrics(trainer: Any) -> dict[str, Any]:
+    """train/global_step, the last logged train/loss and reward statistics (TRL's names)."""
+    metrics: dict[str, Any] = {"train/global_step": trainer.state.global_step}
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    if logged:
+        metrics["train/loss"] = logged[-1]["loss"]
+        metrics.update({k: logged[-1][k] for k in TRAIN_METRICS if k in logged[-1]})
+    return metrics
+
+
+def run(cfg: Config, ctx: StageContext) -> StageResult:
+    from rlft.distributed import gathered_model
+    from rlft.models.tuning import model_to_run, save_model
+    from rlft.tracking import namespaced, trainer_callback
+
+    trainer, info = make_trainer(cfg, ctx, callbacks=[trainer_callback(ctx.tracker)])
+    if ctx.resume_from:
+        ctx.log(f"resuming from {ctx.resume_from}")
+    trainer.train(resume_from_checkpoint=ctx.resume_from)
+
+    metrics = final_metrics(trainer)
+    if trainer.eval_dataset is not None:
+        held_out = namespaced(trainer.evaluate())
+        keep = ("eval/loss", *(f"eval/{k}" for k in TRAIN_METRICS))
+        metrics.update({k: held_out[k] for k in keep if k in held_out})
+        ctx.log(
+            f"held-out pairs: loss {held_out['eval/loss']:.4f}, margin {held_out.get('eval/rewards/margins', 0):.3f}, "
+            f"accuracy {held_out.get('eval/rewards/accuracies', 0):.3f}"
+        )
+
+    rank = rank_summary(trainer)  # before saving: merging LoRA changes the weights in place
+    model = gathered_model(trainer)  # whole on the main process, also under ZeRO-3/FSDP
+    if model is not None:
+        info["saved"] = save_model(model, trainer.processing_class, ctx.artifact_dir)
+        if cfg.evaluate:
+            result = measure_task_reward(model_to_run(model), trainer.processing_class, ctx)
+            if result is not None:
+                metrics["task_reward"] = result["task_reward"]
+                info["samples"] = result["samples"]
+                ctx.tracker.log({"task/reward": result["task_reward"]}, step=trainer.state.global_step)
+    return StageResult(metrics=metrics, info=info, rank=rank)

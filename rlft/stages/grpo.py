@@ -1,0 +1,184 @@
+"""`kind: grpo`: Group Relative Policy Optimization on TRL's GRPOTrainer (critic-free online RL).
+
+For each prompt the policy samples `num_generations` completions; each completion's advantage
+is its reward minus the group's mean (divided by the group's std, `scale_rewards`), so no value
+model is needed (Shao et al. 2024, DeepSeekMath, sec. 4.1). `beta` > 0 adds a KL penalty to the
+frozen starting model (TRL's default: 0, no reference loaded).
+
+Rewards come from `reward_models` exactly as for PPO: `reward: {from: reward}`, a function, or a
+weighted sum. A sum is handed to TRL as one reward function per part with `reward_weights`, so
+TRL logs each part (`rewards/<name>/mean`); the parts are plain callables
+(`reward_models.CompositeReward`), never raw HF models, so a reward model scores with its own
+tokenizer. Prompts: prompt-only data (any rows with a `prompt`; other columns, e.g. `answer`,
+reach the reward functions as keyword arguments).
+
+    setup: model + tokenizer (+ tuning) -> prompts -> reward functions -> GRPOConfig -> GRPOTrainer
+    train: trainer.train(resume_from_checkpoint=<last checkpoint of a run that died>)
+    save:  plain HF folder (adapters merged) + task reward of greedy generations
+
+`kind: rloo` (rlft/stages/rloo.py) is the same stage on TRL's RLOOTrainer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from rlft.data import DataConfig
+from rlft.models.tuning import FullTuning, TuningConfig
+from rlft.rewards import RewardSpec
+from rlft.stages.common import (
+    StageBase,
+    StageContext,
+    StageResult,
+    build_trainer_args,
+    measure_task_reward,
+    rank_summary,
+    report_data,
+)
+
+# Logged by TRL's GRPO/RLOO trainers (names after rlft.tracking.namespaced), kept in the summary.
+FINAL_METRICS = ("train/loss", "train/reward", "train/reward_std", "train/kl", "train/entropy")
+FINAL_METRICS += ("completions/mean_length", "completions/clipped_ratio")
+
+
+class Config(StageBase):
+    kind: Literal["grpo"] = "grpo"
+    data: DataConfig  # prompts: rows with a `prompt` (other columns reach the reward functions)
+    reward: RewardSpec  # {from: reward}, {function: module:fn}, {sum: [...]}: see rlft/rewards.py
+    tuning: TuningConfig = Field(default_factory=FullTuning)  # which parameters train
+    trainer: dict[str, Any] = {}  # passes through to trl.GRPOConfig (checked against its fields)
+    evaluate: bool = True  # measure the pipeline's task reward after training
+
+    trainer_config_class = "trl.trainer.grpo_config:GRPOConfig"
+    uses_task_eval = True
+
+    @model_validator(mode="after")
+    def _weights_in_reward(self) -> Config:
+        if "reward_weights" in self.trainer:
+            raise ValueError("trainer.reward_weights: give each part's weight in reward.sum instead")
+        return self
+
+    def references(self) -> list[tuple[str, str]]:
+        return super().references() + [("reward", name) for name in self.reward.references()]
+
+
+def reward_functions(cfg: Any, ctx: StageContext) -> tuple[list[Any], list[float] | None]:
+    """(reward_funcs, reward_weights) for TRL: one callable per part of the reward, and their weights
+    (None for a single reward, whose weight is applied inside it)."""
+    import os
+
+    import torch
+
+    from reward_models import CompositeReward, build_reward
+    from reward_models.composite import Component
+    from rlft.errors import ConfigError
+
+    device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+    try:
+        reward = build_reward(
+            cfg.reward.to_spec(), stage_paths=ctx.model_paths, base_dir=ctx.base_dir, device=device
+        )
+    except ValueError as e:  # RewardSpecError, RewardLoadError, RewardModelError
+        raise ConfigError(f"stages.{cfg.name}.reward: {e}") from None
+    if len(reward.components) == 1:  # named after its one part, as TRL's logs show it (rewards/<name>/mean)
+        return [CompositeReward(reward.components, name=reward.components[0].name)], None
+    parts = [CompositeReward([Component(c.name, 1.0, c.fn)], name=c.name) for c in reward.components]
+    return parts, [c.weight for c in reward.components]
+
+
+def make_trainer(
+    cfg: Any, ctx: StageContext, *, trainer_class: Any, config_class: Any, callbacks: list | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """Everything up to `trainer.train()`, for GRPO (GRPOTrainer, GRPOConfig) or RLOO (RLOOTrainer, RLOOConfig)."""
+    from rlft.data import load_stage_data
+    from rlft.models.loading import load_tokenizer, resolve_source
+    from rlft.models.tuning import apply_tuning, count_parameters, describe_parameters, tuning_callbacks
+    from rlft.reference import load_merged_model
+
+    resolved = resolve_source(
+        cfg.model, model_paths=ctx.model_paths, run_dir=ctx.run_dir, base_dir=ctx.base_dir
+    )
+    ctx.log(f"model: {resolved.description}")
+    tokenizer, fixups = load_tokenizer(resolved, log=ctx.log)
+    model = load_merged_model(resolved, dtype=cfg.model.dtype, tokenizer=tokenizer, log=ctx.log)
+    model = apply_tuning(model, cfg.tuning, tokenizer=tokenizer)
+    params = count_parameters(model)
+    ctx.log(describe_parameters(cfg.tuning, params))
+    callbacks = [*(callbacks or []), *tuning_callbacks(model, cfg.tuning, log=ctx.log)]
+
+    data = load_stage_data(
+        cfg.data,
+        formats=("prompt_only",),
+        base_dir=ctx.base_dir,
+        rejects_path=ctx.work_dir / "rejects.jsonl",
+        section=f"stages.{cfg.name}.data",
+        tokenizer=tokenizer,
+    )
+    ctx.log(f"data: {len(data.train)} prompts ({data.report['style']})")
+    funcs, weights = reward_functions(cfg, ctx)
+    ctx.log(f"reward: {', '.join(f.__name__ for f in funcs)}" + (f" weighted {weights}" if weights else ""))
+    args = build_trainer_args(
+        config_class, cfg, ctx, has_eval=False, defaults={"reward_weights": weights} if weights else {}
+    )
+    report_data(data, tokenizer, ctx, max_length=None)
+    trainer = trainer_class(
+        model=model,
+        reward_funcs=funcs,
+        args=args,
+        train_dataset=data.train,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    info = {
+        "parameters": params,
+        "tokenizer_fixups": fixups,
+        "data": data.report,
+        "model": resolved.description,
+    }
+    return trainer, info
+
+
+def run_online(cfg: Any, ctx: StageContext, *, trainer_class: Any, config_class: Any) -> StageResult:
+    """Train, then save the policy and measure the task reward (shared by GRPO and RLOO)."""
+    from rlft.distributed import gathered_model
+    from rlft.models.tuning import model_to_run, save_model
+    from rlft.tracking import namespaced, trainer_callback
+
+    trainer, info = make_trainer(
+        cfg,
+        ctx,
+        trainer_class=trainer_class,
+        config_class=config_class,
+        callbacks=[trainer_callback(ctx.tracker)],
+    )
+    if ctx.resume_from:
+        ctx.log(f"resuming from {ctx.resume_from}")
+    trainer.train(resume_from_checkpoint=ctx.resume_from)
+
+    metrics: dict[str, Any] = {"train/global_step": trainer.state.global_step}
+    logged = [namespaced(h) for h in trainer.state.log_history if "loss" in h]
+    if logged:
+        metrics.update({k: logged[-1][k] for k in FINAL_METRICS if k in logged[-1]})
+        if "train/kl" in logged[-1]:
+            metrics["kl"] = logged[-1][
+                "train/kl"
+            ]  # the final KL from the reference (beta > 0), for summary.json
+    rank = rank_summary(trainer)  # before saving: merging LoRA changes the weights in place
+    model = gathered_model(trainer)  # whole on the main process, also under ZeRO-3/FSDP
+    if model is not None:
+        info["saved"] = save_model(model, trainer.processing_class, ctx.artifact_dir)
+        if cfg.evaluate:
+            result = measure_task_reward(model_to_run(model), trainer.processing_class, ctx)
+            if result is not None:
+                metrics["task_reward"] = result["task_reward"]
+                info["samples"] = result["samples"]
+                ctx.tracker.log({"task/reward": result["task_reward"]}, step=trainer.state.global_step)
+    return StageResult(metrics=metrics, info=info, rank=rank)
+
+
+def run(cfg: Config, ctx: StageContext) -> StageResult:
+    from trl import GRPOConfig, GRPOTrainer
+
+    return run_online(cfg, ctx, trainer_class=GRPOTrainer, config_class=GRPOConfig)

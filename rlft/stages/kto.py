@@ -1,0 +1,197 @@
+"""`kind: kto`: preference optimisation from unpaired feedback on TRL's KTOTrainer.
+
+KTO (Ethayarajh et al., 2024, "KTO: Model Alignment as Prospect Theoretic Optimization") needs
+only a thumbs up or down per answer: rows of (prompt, completion, label). It raises the implicit
+reward r = β (log π_θ(y|x) - log π_ref(y|x)) of desirable answers above, and of undesirable ones
+below, a reference point z₀: a batch estimate of KL(π_θ || π_ref) made from mismatched
+(prompt, completion) pairs of the same batch (so the batch must hold more than one row). The loss
+per row is 1 - σ(r - z₀) for desirable and 1 - σ(z₀ - r) for undesirable answers, weighted by
+`desirable_weight` / `undesirable_weight` (use them when the two kinds are unbalanced).
+
+Preference pairs are accepted too: the data layer unpairs them (chosen -> label true, rejected ->
+label false) and says so in the data report. The reference is handled as in `kind: dpo`
+(rlft/reference.py): the starting model unless `reference:` names another, adapters merged,
+optional precomputed and cached log-probs.
+
+    setup: model (adapters merged) + tokenizer (+ tuning) -> unpaired rows -> KTOConfig -> reference -> KTOTrainer
+    train: trainer.train(resume_from_checkpoint=<last checkpoint of a run that died>)
+    save:  plain HF folder (adapters merged) + task reward of greedy generations
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from rlft.config import ModelSource
+from rlft.data import DataConfig
+from rlft.models.tuning import FullTuning, TuningConfig
+from rlft.stages.common import (
+    StageBase,
+    StageContext,
+    StageResult,
+    build_trainer_args,
+    convert_data,
+    measure_task_reward,
+    rank_summary,
+    report_data,
+)
+
+# Stage keys that set KTOConfig fields: given here, not in `trainer:`.
+STAGE_KEYS = {
+    "beta": "beta",
+    "loss_type": "loss_type",
+    "desirable_weight": "desirable_weight",
+    "undesirable_weight": "undesirable_weight",
+    "max_length": "max_length",
+    "precompute_ref_log_probs": "precompute_reference",
+}
+TRAIN_METRICS = ("kl", "rewards/chosen", "rewards/rejected", "rewards/margins")
+
+
+class Config(StageBase):
+    kind: Literal["kto"] = "kto"
+    data: DataConfig  # unpaired rows (prompt, completion, label) or preference pairs (unpaired here)
+    reference: ModelSource | None = None  # the frozen reference; None = the stage's starting model
+    tuning: TuningConfig = Field(default_factory=FullTuning)  # which parameters train
+    loss_type: Literal["kto", "apo_zero_unpaired"] = "kto"  # apo_zero_unpaired: APO-zero, no KL estimate
+    beta: float = Field(default=0.1, gt=0)  # KL strength: higher keeps the policy closer to the reference
+    desirable_weight: float = Field(default=1.0, gt=0)  # weight of desirable rows' losses
+    undesirable_weight: float = Field(default=1.0, gt=0)  # weight of undesirable rows' losses
+    max_length: int | None = Field(1024, gt=0)  # prompt + answer tokens; longer rows are cut at the end
+    precompute_reference: bool = False  # reference log-probs computed once before training, cached on disk
+    trainer: dict[str, Any] = {}  # passes through to trl.KTOConfig (checked against its fields)
+    evaluate: bool = True  # measure the pipeline's task reward after training
+
+    trainer_config_class = "trl.trainer.kto_config:KTOConfig"
+    uses_task_eval = True
+    preference_data = True
+
+    @model_validator(mode="after")
+    def _stage_keys_here(self) -> Config:
+        for key, stage_key in STAGE_KEYS.items():
+            if key in self.trainer:
+                raise ValueError(f"trainer.{key}: set {stage_key} on the stage itself, not in trainer")
+        if self.loss_type == "kto" and self.trainer.get("per_device_train_batch_size", 2) < 2:
+            raise ValueError(
+                "trainer.per_device_train_batch_size: KTO estimates its KL reference point from mismatched pairs "
+                "within a batch; use at least 2 rows per device"
+            )
+        return self
+
+
+def make_trainer(
+    cfg: Config, ctx: StageContext, *, callbacks: list | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """Everything up to `trainer.train()`: model, tokenizer, tuning, rows, KTOConfig, reference, KTOTrainer."""
+    from trl import KTOConfig, KTOTrainer
+
+    from rlft.data import load_stage_data
+    from rlft.models.loading import load_tokenizer, resolve_source
+    from rlft.models.tuning import apply_tuning, count_parameters, describe_parameters, tuning_callbacks
+    from rlft.reference import load_merged_model, reference_cache, reference_model, reference_trainer_class
+
+    resolved = resolve_source(
+        cfg.model, model_paths=ctx.model_paths, run_dir=ctx.run_dir, base_dir=ctx.base_dir
+    )
+    ctx.log(f"model: {resolved.description}")
+    tokenizer, fixups = load_tokenizer(resolved, log=ctx.log)
+    start = load_merged_model(resolved, dtype=cfg.model.dtype, tokenizer=tokenizer, log=ctx.log)
+    model = apply_tuning(start, cfg.tuning, tokenizer=tokenizer)
+    params = count_parameters(model)
+    ctx.log(describe_parameters(cfg.tuning, params))
+    callbacks = [*(callbacks or []), *tuning_callbacks(model, cfg.tuning, log=ctx.log)]
+
+    data = load_stage_data(
+        cfg.data,
+        formats=("unpaired_preference", "preference", "implicit_preference"),
+        base_dir=ctx.base_dir,
+        rejects_path=ctx.work_dir / "rejects.jsonl",
+        section=f"stages.{cfg.name}.data",
+        tokenizer=tokenizer,
+    )
+    data = convert_data(data, cfg, ctx, target="unpaired_preference")
+    # KTO reads its rows in order (its KL pairs are built within each batch) and unpairing puts
+    # a block of chosen rows before their rejected ones: batches of one label train nothing, since
+    # the reference point z0 moves with the rewards. A seeded shuffle mixes the labels.
+    data.train = data.train.shuffle(seed=cfg.seed).flatten_indices()
+    desirable = sum(data.train["label"])
+    n_eval = len(data.eval) if data.eval is not None else 0
+    ctx.log(
+        f"data: {len(data.train)} train rows ({desirable} desirable, {len(data.train) - desirable} undesirable), "
+        f"{n_eval} eval rows"
+    )
+
+    settings = {
+        "loss_type": cfg.loss_type,
+        "beta": cfg.beta,
+        "desirable_weight": cfg.desirable_weight,
+        "undesirable_weight": cfg.undesirable_weight,
+        "max_length": cfg.max_length,
+        "precompute_ref_log_probs": cfg.precompute_reference,
+    }
+    args = build_trainer_args(KTOConfig, cfg, ctx, has_eval=data.eval is not None, defaults=settings)
+    ref_model, reference = reference_model(
+        cfg, ctx, start=start, policy=model, tokenizer=tokenizer, precompute=cfg.precompute_reference
+    )
+    ctx.log(f"reference: {reference}")
+    cache = (
+        reference_cache(cfg, ctx, tokenizer=tokenizer, trainer="kto", args=args)
+        if cfg.precompute_reference
+        else None
+    )
+    report_data(data, tokenizer, ctx, max_length=args.max_length)
+    trainer = reference_trainer_class(KTOTrainer)(
+        model=model,
+        ref_model=ref_model,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        ref_cache=cache,
+    )
+    if cache is not None and trainer.ref_model is not None:
+        trainer.ref_model = None  # its log-probs are in the data now: free it, as TRL does for its own copy
+    info = {
+        "parameters": params,
+        "tokenizer_fixups": fixups,
+        "data": data.report,
+        "model": resolved.description,
+        "reference": {"model": reference, "cache": cache.events if cache is not None else None},
+    }
+    return trainer, info
+
+
+def run(cfg: Config, ctx: StageContext) -> StageResult:
+    from rlft.distributed import gathered_model
+    from rlft.models.tuning import model_to_run, save_model
+    from rlft.tracking import namespaced, trainer_callback
+
+    trainer, info = make_trainer(cfg, ctx, callbacks=[trainer_callback(ctx.tracker)])
+    if ctx.resume_from:
+        ctx.log(f"resuming from {ctx.resume_from}")
+    trainer.train(resume_from_checkpoint=ctx.resume_from)
+
+    metrics: dict[str, Any] = {"train/global_step": trainer.state.global_step}
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    if logged:
+        metrics["train/loss"] = logged[-1]["loss"]
+        metrics.update({k: logged[-1][k] for k in TRAIN_METRICS if k in logged[-1]})
+    if trainer.eval_dataset is not None:
+        held_out = namespaced(trainer.evaluate())
+        keep = ("eval/loss", *(f"eval/{k}" for k in TRAIN_METRICS))
+        metrics.update({k: held_out[k] for k in keep if k in held_out})
+
+    rank = rank_summary(trainer)  # before saving: merging LoRA changes the weights in place
+    model = gathered_model(trainer)  # whole on the main process, also under ZeRO-3/FSDP
+    if model is not None:
+        info["saved"] = save_model(model, trainer.processing_class, ctx.artifact_dir)
+        if cfg.evaluate:
+            result = measure_task_reward(model_to_run(model), trainer.processing_class, ctx)
+            if result is not None:
+                metrics["task_reward"] = result["task_reward"]
+                info["samples"] = result["samples"]
+                ctx.tracker.log({"task/reward": result["task_reward"]}, step=trainer.state.global_step)
+    return StageResult(metrics=metrics, info=info, rank=rank)

@@ -1,0 +1,576 @@
+"""`kind: ppo`: RLHF with PPO (rlft's own loop, on accelerate): actor, critic, reference, reward.
+
+Follows "The N+ Implementation Details of RLHF with PPO" (Huang et al. 2024, arXiv:2403.17031,
+sec. 7 and its reference code) with the KL-penalised reward of Ziegler et al. 2019. Each step:
+
+    prompts (a rollout batch) -> sample responses at `temperature`, stop at EOS      rlft.rl.rollout
+    -> score the text with the reward (a reward model, a function, or a weighted sum)
+    -> log-probs of policy and reference, critic values
+    -> reward = score at the last token - beta * KL per token (k1/k3); missing-EOS penalty
+    -> GAE (gamma, lam) -> whitened advantages                                       rlft.rl.experience
+    -> ppo_epochs x minibatches: clipped policy loss + vf_coef * clipped value loss
+       - entropy_coef * entropy, gradient accumulation                               rlft.rl.update
+    -> KL controller: fixed beta, or adapted to a target KL (Ziegler et al. 2019)    rlft.rl.kl_controller
+
+Roles (rlft.rl.critic): the policy trains under any tuning strategy; the critic is a separate
+model with a scalar head per token, initialised from the reward model (Huang et al.) or the
+policy; the reference is frozen: the starting model, or, with LoRA-style tuning, the policy with
+its adapters disabled (no second copy). Policy and critic train as one module with one optimizer
+(a param group each). The reward model scores decoded text with its own tokenizer.
+
+    setup: accelerator -> reward -> policy (+ tuning) -> reference -> critic -> prompts -> optimizer
+    loop:  rollout -> experience -> PPO update -> KL controller -> metrics (ppo/*), samples, checkpoints
+    save:  plain HF folder of the policy (adapters merged) + task reward of greedy generations
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from rlft.config import ModelSource, Strict
+from rlft.data import DataConfig
+from rlft.models.tuning import FullTuning, TuningConfig
+from rlft.rewards import RewardSpec
+from rlft.stages.common import StageBase, StageContext, StageResult, measure_task_reward, report_data
+
+
+class AdaptiveKL(Strict):
+    """beta moves towards a target KL (Ziegler et al. 2019, sec. 2.2; rlft.rl.kl_controller)."""
+
+    target: float = Field(
+        default=6.0, gt=0
+    )  # response KL (nats) to hold: lower keeps closer to the reference
+    horizon: int = Field(
+        default=10_000, gt=0
+    )  # episodes for beta to move ~20% at a steady 20% error: lower adapts faster
+
+
+class Config(StageBase):
+    kind: Literal["ppo"] = "ppo"
+    data: (
+        DataConfig  # prompts: rows with a `prompt` (other columns, e.g. `answer`, reach the reward as fields)
+    )
+    reward: RewardSpec  # {from: reward}, {function: module:fn}, {sum: [...]}: see rlft/rewards.py
+    reference: ModelSource | None = (
+        None  # frozen reference; None: the starting model (LoRA: adapters disabled)
+    )
+    critic: ModelSource | None = None  # the critic's starting weights; None: chosen by critic_init
+    critic_init: Literal["auto", "reward", "policy"] = (
+        "auto"  # auto: the reward model if it reads the policy's tokens
+    )
+    tuning: TuningConfig = Field(
+        default_factory=FullTuning
+    )  # which policy parameters train (the critic: all)
+
+    # length of the run: give one
+    steps: int | None = Field(default=None, gt=0)  # PPO updates, one rollout batch each
+    total_episodes: int | None = Field(default=None, gt=0)  # prompts rolled out in all (all processes)
+    # rollouts
+    rollout_batch_size: int = Field(default=64, gt=0)  # prompts per rollout, per process
+    minibatch_size: int = Field(default=16, gt=0)  # rollouts per optimizer step, per process
+    gradient_accumulation_steps: int = Field(
+        default=1, gt=0
+    )  # micro-batches per minibatch: less memory, same step
+    forward_batch_size: int | None = Field(
+        default=None, gt=0
+    )  # rollouts per no-grad forward; None: minibatch_size
+    max_new_tokens: int = Field(default=64, gt=0)  # response length limit; longer responses are cut (no EOS)
+    max_prompt_length: int | None = Field(default=512, gt=0)  # longer prompts keep their last tokens
+    temperature: float = Field(default=0.7, gt=0)  # sampling temperature, also applied to every log-prob
+    # PPO (defaults: Huang et al. 2024)
+    ppo_epochs: int = Field(default=4, gt=0)  # passes over each rollout batch
+    learning_rate: float = Field(default=3e-6, gt=0)  # policy learning rate
+    critic_learning_rate: float | None = Field(default=None, gt=0)  # None: learning_rate
+    lr_schedule: Literal["linear", "constant"] = "linear"  # linear: decays to 0 over the run (Huang et al.)
+    adam_eps: float = Field(default=1e-5, gt=0)  # Adam epsilon (Huang et al.: 1e-5, not PyTorch's 1e-8)
+    max_grad_norm: float | None = Field(default=1.0, gt=0)  # gradient clipping; None: off
+    gamma: float = Field(default=1.0, ge=0, le=1)  # discount: 1 = the final score counts fully at every token
+    lam: float = Field(default=0.95, ge=0, le=1)  # GAE lambda: lower = less variance, more bias
+    cliprange: float = Field(default=0.2, gt=0)  # policy ratio clip: lower = smaller, safer updates
+    cliprange_value: float | None = Field(
+        default=0.2, gt=0
+    )  # value clip around the rollout's values; None: off
+    vf_coef: float = Field(default=0.1, ge=0)  # weight of the value loss in the total loss
+    entropy_coef: float = Field(default=0.0, ge=0)  # entropy bonus: higher keeps sampling diverse
+    # KL penalty
+    beta: float = Field(
+        default=0.05, ge=0
+    )  # KL coefficient (the start when adaptive): higher stays nearer the reference
+    adaptive_kl: AdaptiveKL | None = None  # {target, horizon}: adapt beta (Ziegler et al.); None: fixed beta
+    kl_estimator: Literal["k1", "k3", "abs", "mse"] = "k1"  # per-token KL estimate (rlft.rl.core.kl_penalty)
+    whiten_rewards: bool = False  # scale the per-token rewards to unit variance (keeps their mean)
+    missing_eos_penalty: float | None = Field(
+        default=None, ge=0
+    )  # subtracted from the score of a response without EOS
+    # bookkeeping
+    save_steps: int = Field(default=50, gt=0)  # checkpoint every N steps (a stage that died resumes there)
+    save_total_limit: int | None = Field(default=2, gt=0)  # checkpoints kept
+    sample_every: int = Field(default=10, gt=0)  # a table of sample generations every N steps
+    num_samples: int = Field(default=4, gt=0)  # rows in that table
+    evaluate: bool = True  # measure the pipeline's task reward after training
+
+    uses_task_eval = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        if (self.steps is None) == (self.total_episodes is None):
+            raise ValueError(
+                "give exactly one of steps (PPO updates) and total_episodes (prompts rolled out)"
+            )
+        if self.rollout_batch_size % self.minibatch_size:
+            raise ValueError(
+                f"rollout_batch_size {self.rollout_batch_size} must be a multiple of minibatch_size {self.minibatch_size}"
+            )
+        if self.minibatch_size % self.gradient_accumulation_steps:
+            raise ValueError(
+                f"minibatch_size {self.minibatch_size} must be a multiple of gradient_accumulation_steps "
+                f"{self.gradient_accumulation_steps}"
+            )
+        return self
+
+    def references(self) -> list[tuple[str, str]]:
+        return super().references() + [("reward", name) for name in self.reward.references()]
+
+    def total_steps(self, world_size: int) -> int:
+        if self.steps is not None:
+            return self.steps
+        return math.ceil(self.total_episodes / (self.rollout_batch_size * world_size))
+
+
+def run(cfg: Config, ctx: StageContext) -> StageResult:
+    import torch
+    from accelerate.utils import set_seed
+
+    from rlft.models.loading import resolve_source
+    from rlft.rl.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+    from rlft.rl.critic import ActorCritic
+    from rlft.rl.metrics import mean_over_processes, sample_rows, step_metrics, weights_checksum
+    from rlft.rl.rollout import (
+        PromptSampler,
+        decode_responses,
+        encode_prompts,
+        experience_from_rollout,
+        generation_model,
+        left_pad,
+        sample_responses,
+        score_responses,
+    )
+    from rlft.rl.update import make_optimizer, ppo_update
+
+    # --- setup ------------------------------------------------------------------------------
+    # Before the accelerator: under ZeRO-3 it would partition the reward model as it loads, and once
+    # torch.distributed is up, `save_pretrained` writes nothing on ranks > 0, so a tiny model that
+    # rank 1 happened to build would be an empty folder. Resolving the policy's source builds it.
+    reward_fn = build_reward_fn(cfg, ctx)
+    source = resolve_source(
+        cfg.model, model_paths=ctx.model_paths, run_dir=ctx.run_dir, base_dir=ctx.base_dir
+    )
+    accelerator = make_accelerator(cfg)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    policy, tokenizer, info = load_policy(cfg, ctx, source)
+    reference, adapters_off, info["reference"] = load_reference(cfg, ctx, policy=policy, tokenizer=tokenizer)
+    critic, info["critic"] = load_critic(cfg, ctx, tokenizer=tokenizer)
+    prompts = load_prompts(cfg, ctx, tokenizer, info)
+    unfreezing = gradual_unfreezing(cfg, policy)
+
+    steps = cfg.total_steps(world)
+    updates_per_step = cfg.ppo_epochs * cfg.rollout_batch_size // cfg.minibatch_size  # optimizer steps
+    model = ActorCritic(policy, critic)
+    optimizer, scheduler = make_optimizer(
+        policy,
+        critic,
+        lr=cfg.learning_rate,
+        critic_lr=cfg.critic_learning_rate or cfg.learning_rate,
+        adam_eps=cfg.adam_eps,
+        schedule=cfg.lr_schedule,
+        total_updates=steps * updates_per_step,
+    )
+    # Not the scheduler: accelerate would step a prepared one once per process at every optimizer step.
+    model, optimizer = accelerator.prepare(model, optimizer)
+    reference = place_reference(reference, accelerator, model, adapters_off=adapters_off)
+    kl_ctl = make_kl_controller(cfg)
+    sampler = PromptSampler(
+        len(prompts), batch_size=cfg.rollout_batch_size, seed=cfg.seed, rank=rank, world_size=world
+    )
+    set_seed(cfg.seed, device_specific=True)  # each process samples its own responses
+    start, episodes, losses = 0, 0, []
+    if ctx.resume_from:
+        state = load_checkpoint(accelerator, ctx.resume_from)
+        start, episodes, losses = state["step"], state["episodes"], state["losses"]
+        kl_ctl.load_state_dict(state["kl_controller"])
+        sampler.load_state_dict(state["prompts"])
+        scheduler.load_state_dict(state["scheduler"])
+        ctx.log(f"resumed from {ctx.resume_from}: step {start}, beta {kl_ctl.value:.4g}")
+    ctx.log(
+        f"PPO: {steps} steps x {cfg.rollout_batch_size} prompts x {world} processes, {cfg.ppo_epochs} epochs of "
+        f"{cfg.rollout_batch_size // cfg.minibatch_size} minibatches; reference: {info['reference']}; "
+        f"critic: {info['critic']}"
+    )
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    device = accelerator.device
+
+    # --- loop --------------------------------------------------------------------------------
+    seconds, local_losses = [], []  # local_losses: this process's own, before averaging over processes
+    for step in range(start + 1, steps + 1):
+        began = time.time()
+        rows = prompts.select(sampler.next_indices())
+        texts = rows["prompt"]
+        fields = {c: rows[c] for c in rows.column_names if c != "prompt"}
+        prompt_ids, prompt_mask = left_pad(
+            encode_prompts(tokenizer, texts, max_length=cfg.max_prompt_length), pad
+        )
+        model.eval()
+        with generation_model(model, accelerator) as unwrapped:
+            rollout = sample_responses(
+                unwrapped.policy,
+                prompt_ids.to(device),
+                prompt_mask.to(device),
+                max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature,
+                eos_token_id=eos,
+                pad_token_id=pad,
+            )
+        completions = decode_responses(tokenizer, rollout)
+        scores = score_responses(reward_fn, texts, completions, fields)
+        exp = experience_from_rollout(
+            model,
+            reference,
+            rollout,
+            scores,
+            temperature=cfg.temperature,
+            forward_batch_size=cfg.forward_batch_size or cfg.minibatch_size,
+            reference_disable_adapter=adapters_off,
+            beta=kl_ctl.value,
+            gamma=cfg.gamma,
+            lam=cfg.lam,
+            kl_kind=cfg.kl_estimator,
+            whiten_rewards=cfg.whiten_rewards,
+            missing_eos_penalty=cfg.missing_eos_penalty,
+        )
+        if unfreezing is not None:
+            unfreezing.apply((step - 1) * updates_per_step)
+        train = ppo_update(
+            model,
+            optimizer,
+            exp,
+            accelerator=accelerator,
+            ppo_epochs=cfg.ppo_epochs,
+            minibatch_size=cfg.minibatch_size,
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            temperature=cfg.temperature,
+            clip=cfg.cliprange,
+            vf_clip=cfg.cliprange_value,
+            vf_coef=cfg.vf_coef,
+            entropy_coef=cfg.entropy_coef,
+            max_grad_norm=cfg.max_grad_norm,
+            generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1009 + rank),
+            on_optimizer_step=scheduler.step,
+        )
+        metrics = mean_over_processes(accelerator, step_metrics(exp, train, reward_fn=reward_fn))
+        metrics["ppo/beta"] = kl_ctl.value  # the beta this step's rewards used
+        kl_ctl.update(metrics["ppo/kl"], n_steps=cfg.rollout_batch_size * world)
+        episodes += cfg.rollout_batch_size * world
+        seconds.append(time.time() - began)
+        losses.append(metrics["ppo/loss"])
+        local_losses.append(train["loss"])
+        metrics |= {
+            "ppo/lr": scheduler.get_last_lr()[0],
+            "ppo/episodes": episodes,
+            "perf/seconds_per_step": seconds[-1],
+        }
+        ctx.tracker.log(metrics, step=step)
+        if step % cfg.sample_every == 0 or step == 1 or step == steps:
+            rows_table = sample_rows(texts, completions, scores, n=cfg.num_samples)
+            ctx.tracker.log_table("ppo/samples", rows_table, step=step)
+            ctx.log(
+                f"step {step}/{steps}: score {metrics['ppo/score']:.3f}, kl {metrics['ppo/kl']:.3f}, "
+                f"beta {metrics['ppo/beta']:.4f}, {seconds[-1]:.2f} s; e.g. {completions[0]!r}"
+            )
+        if step % cfg.save_steps == 0 and step < steps:
+            state = {
+                "step": step,
+                "episodes": episodes,
+                "losses": losses,
+                "kl_controller": kl_ctl.state_dict(),
+                "prompts": sampler.state_dict(),
+                "scheduler": scheduler.state_dict(),
+            }
+            save_checkpoint(
+                accelerator, checkpoint_path(ctx.checkpoint_dir, step), state, keep=cfg.save_total_limit
+            )
+
+    # --- save -------------------------------------------------------------------------------
+    from rlft.distributed import gathered_submodule
+    from rlft.models.tuning import model_to_run, save_model
+
+    last = ctx.tracker.last
+    result: dict[str, Any] = {"train/global_step": steps, "ppo/episodes": episodes}
+    for key in ("ppo/score", "ppo/kl", "ppo/beta", "ppo/loss", "ppo/entropy", "ppo/response_length"):
+        if key in last:
+            result[key] = last[key]
+    if "ppo/kl" in last:
+        result["kl"] = last["ppo/kl"]  # the final mean response KL from the reference, for summary.json
+    if seconds:
+        result["perf/seconds_per_step"] = sum(seconds) / len(seconds)
+    rank_info = {
+        "rank": rank,
+        "world_size": world,
+        "losses": losses,  # averaged over the processes: the same on every rank
+        "local_losses": local_losses,
+        "param_checksum": weights_checksum(accelerator.unwrap_model(model).policy),
+    }
+    # The policy, whole on the main process (gathered under ZeRO-3), None on the others.
+    policy = gathered_submodule(accelerator, model, "policy")
+    if policy is not None:
+        info["saved"] = save_model(policy, tokenizer, ctx.artifact_dir)
+        samples = ctx.work_dir / "ppo_samples.jsonl"
+        if samples.exists():
+            (ctx.artifact_dir / samples.name).write_bytes(samples.read_bytes())
+        if cfg.evaluate:
+            evaluation = measure_task_reward(model_to_run(policy), tokenizer, ctx)
+            if evaluation is not None:
+                result["task_reward"] = evaluation["task_reward"]
+                info["samples"] = evaluation["samples"]
+                ctx.tracker.log({"task/reward": evaluation["task_reward"]}, step=steps)
+    accelerator.wait_for_everyone()
+    return StageResult(metrics=result, info=info, rank=rank_info)
+
+
+# --- setup helpers (each used once by `run`, in this order) --------------------------------------
+
+
+def build_reward_fn(cfg: Config, ctx: StageContext) -> Any:
+    """The reward as one function f(prompts, completions, **fields) (reward_models.CompositeReward)."""
+    import os
+
+    import torch
+
+    from reward_models import build_reward
+    from rlft.errors import ConfigError
+
+    device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+    try:
+        return build_reward(
+            cfg.reward.to_spec(), stage_paths=ctx.model_paths, base_dir=ctx.base_dir, device=device
+        )
+    except ValueError as e:  # RewardSpecError, RewardLoadError, RewardModelError
+        raise ConfigError(
+            f"stages.{cfg.name}.{e}" if str(e).startswith("reward") else f"stages.{cfg.name}.reward: {e}"
+        ) from None
+
+
+def make_accelerator(cfg: Config) -> Any:
+    """accelerate as `accelerate launch` configured it, on the CPU when there is no CUDA device.
+
+    Without CUDA the process group is set up on the CPU first (gloo; what the HF Trainer does with
+    `use_cpu`): `Accelerator(cpu=True)` would also switch DeepSpeed off, and several CPU processes
+    then still train together. A DeepSpeed plugin gets the batch settings it would otherwise read
+    from a dataloader.
+    """
+    import torch
+    from accelerate import Accelerator, PartialState
+
+    if not torch.cuda.is_available():
+        PartialState(cpu=True)
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None:
+        micro = cfg.minibatch_size // cfg.gradient_accumulation_steps
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro
+        plugin.deepspeed_config["gradient_accumulation_steps"] = cfg.gradient_accumulation_steps
+        plugin.deepspeed_config["gradient_clipping"] = cfg.max_grad_norm or 0.0
+    return accelerator
+
+
+def load_policy(cfg: Config, ctx: StageContext, resolved: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """The policy (an adapter-only start merged first, then the tuning strategy) and its tokenizer."""
+    from rlft.models.loading import load_tokenizer
+    from rlft.models.tuning import apply_tuning, count_parameters, describe_parameters
+    from rlft.reference import load_merged_model
+    from rlft.rl.critic import disable_dropout
+
+    ctx.log(f"policy: {resolved.description}")
+    tokenizer, fixups = load_tokenizer(resolved, log=ctx.log)
+    policy = load_merged_model(resolved, dtype=cfg.model.dtype, tokenizer=tokenizer, log=ctx.log)
+    policy = apply_tuning(policy, cfg.tuning, tokenizer=tokenizer)
+    disable_dropout(policy)
+    params = count_parameters(policy)
+    ctx.log(describe_parameters(cfg.tuning, params))
+    return (
+        policy,
+        tokenizer,
+        {"parameters": params, "tokenizer_fixups": fixups, "model": resolved.description},
+    )
+
+
+def load_reference(cfg: Config, ctx: StageContext, *, policy: Any, tokenizer: Any) -> tuple[Any, bool, str]:
+    """(reference model, whether it is the policy with adapters disabled, what it is).
+
+    The policy with its adapters disabled *is* the starting model when a mergeable adapter
+    (LoRA, DoRA, IA3) was put on it here: no second copy. Otherwise (full or freeze tuning, a
+    prompt, an explicit `reference:`) a frozen copy is loaded.
+    """
+    from peft import PeftModel
+
+    from rlft.errors import ConfigError
+    from rlft.models.loading import resolve_source
+    from rlft.reference import load_merged_model, same_source
+    from rlft.rl.critic import disable_dropout
+
+    explicit = cfg.reference is not None and not same_source(cfg.reference, cfg.model)
+    if not explicit and isinstance(policy, PeftModel) and not policy.active_peft_config.is_prompt_learning:
+        return None, True, "the starting model (the policy with its adapters disabled)"
+    source = cfg.reference if explicit else cfg.model
+    resolved = resolve_source(
+        source, model_paths=ctx.model_paths, run_dir=ctx.run_dir, base_dir=ctx.base_dir, key="reference"
+    )
+    reference = load_merged_model(resolved, dtype=source.dtype, tokenizer=tokenizer, log=ctx.log)
+    if reference.get_input_embeddings().num_embeddings != policy.get_input_embeddings().num_embeddings:
+        raise ConfigError(
+            f"stages.{cfg.name}.reference: {resolved.description} has a vocabulary of "
+            f"{reference.get_input_embeddings().num_embeddings} tokens, the policy "
+            f"{policy.get_input_embeddings().num_embeddings}; the reference scores the policy's tokens: "
+            "use a model with the policy's tokenizer"
+        )
+    reference.eval()
+    reference.requires_grad_(False)
+    disable_dropout(reference)
+    return reference, False, resolved.description if explicit else "the starting model (a frozen copy)"
+
+
+def load_critic(cfg: Config, ctx: StageContext, *, tokenizer: Any) -> tuple[Any, str]:
+    """The critic: from `critic:`, else the reward model (critic_init reward/auto), else the policy's start.
+
+    The critic reads the policy's token ids, so a reward model with another tokenizer cannot be
+    its start: `critic_init: reward` then fails, `auto` falls back to the policy (and says so).
+    """
+    from rlft.errors import ConfigError
+    from rlft.models.loading import load_causal_lm, resolve_source
+    from rlft.rl.critic import disable_dropout, is_sequence_classifier, rescaled_head, value_model_from
+
+    def resolve(source: ModelSource, key: str) -> Any:
+        return resolve_source(
+            source, model_paths=ctx.model_paths, run_dir=ctx.run_dir, base_dir=ctx.base_dir, key=key
+        )
+
+    reward_model = next((e for e in (cfg.reward.sum or [cfg.reward]) if e.from_ or e.path), None)
+    if cfg.critic is not None:
+        source, key = cfg.critic, "critic"
+    elif cfg.critic_init != "policy" and reward_model is not None:
+        source, key = (
+            ModelSource(
+                **({"from": reward_model.from_} if reward_model.from_ else {"path": reward_model.path})
+            ),
+            "reward",
+        )
+    elif cfg.critic_init == "reward":
+        raise ConfigError(
+            f"stages.{cfg.name}.critic_init: reward, but the reward has no reward model (from/path); "
+            "use critic_init: policy, or give critic: {...}"
+        )
+    else:
+        source, key = cfg.model, "model"
+    resolved = resolve(source, key)
+    mismatch = _tokenizer_mismatch(resolved.name_or_path, tokenizer)
+    if mismatch and key == "reward" and cfg.critic_init == "auto":
+        ctx.log(f"critic: the reward model {mismatch}; the critic starts from the policy instead")
+        source, key = cfg.model, "model"
+        resolved, mismatch = resolve(source, key), None
+    if mismatch:
+        raise ConfigError(
+            f"stages.{cfg.name}.{'critic' if key == 'critic' else 'critic_init'}: {resolved.description} {mismatch}; "
+            "the critic reads the policy's tokens: start it from the policy (critic_init: policy)"
+        )
+    classifier = not resolved.gguf_file and is_sequence_classifier(resolved.name_or_path, **resolved.kwargs)
+    loaded = load_causal_lm(
+        resolved,
+        dtype=source.dtype,
+        auto_class="AutoModelForSequenceClassification" if classifier else "AutoModelForCausalLM",
+        log=ctx.log,
+        **({"num_labels": 1} if classifier else {}),
+    )
+    critic, head = value_model_from(loaded)
+    if key == "reward" and head == "reward head":
+        scale, shift = _reward_scale(cfg, reward_model, resolved.name_or_path)
+        critic.head = rescaled_head(critic.head, scale=scale, shift=shift)
+        head += f", rescaled to the reward's scale: {scale:.4g} * score + {shift:.4g}"
+    disable_dropout(critic)
+    return critic, f"{resolved.description} ({head})"
+
+
+def _reward_scale(cfg: Config, entry: RewardSpec, folder: str) -> tuple[float, float]:
+    """(scale, shift) that turn the reward model's raw score into its part of the PPO reward:
+    its weight (times the sum's), after normalisation by reward_stats.json when asked."""
+    from reward_models.model import load_reward_stats
+
+    weight = entry.weight * (cfg.reward.weight if cfg.reward.sum else 1.0)
+    stats = load_reward_stats(folder) if entry.normalize else None
+    if stats is None:
+        return weight, 0.0
+    return weight / stats["std"], -weight * stats["mean"] / stats["std"]
+
+
+def _tokenizer_mismatch(folder: str, tokenizer: Any) -> str | None:
+    """Why a model folder's tokenizer differs from the policy's (None: same vocabulary, or no tokenizer there)."""
+    from transformers import AutoTokenizer
+
+    try:
+        other = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError):
+        return None
+    if other.get_vocab() != tokenizer.get_vocab():
+        return f"has another tokenizer ({len(other)} tokens, the policy {len(tokenizer)})"
+    return None
+
+
+def load_prompts(cfg: Config, ctx: StageContext, tokenizer: Any, info: dict[str, Any]) -> Any:
+    """The training prompts: prompt-only rows (any format with a `prompt` column reads as prompt-only)."""
+    from rlft.data import load_stage_data
+
+    data = load_stage_data(
+        cfg.data,
+        formats=("prompt_only",),
+        base_dir=ctx.base_dir,
+        rejects_path=ctx.work_dir / "rejects.jsonl",
+        section=f"stages.{cfg.name}.data",
+        tokenizer=tokenizer,
+    )
+    ctx.log(f"data: {len(data.train)} prompts ({data.report['style']})")
+    report_data(data, tokenizer, ctx, max_length=cfg.max_prompt_length)
+    info["data"] = data.report
+    return data.train
+
+
+def gradual_unfreezing(cfg: Config, policy: Any) -> Any:
+    """`tuning: {method: freeze, unfreeze_every: K}`: the schedule, applied at each update (else None)."""
+    from rlft.models.tuning import GradualUnfreezing
+
+    if cfg.tuning.method != "freeze" or cfg.tuning.unfreeze_every is None:
+        return None
+    return GradualUnfreezing.from_config(policy, cfg.tuning)
+
+
+def place_reference(reference: Any, accelerator: Any, model: Any, *, adapters_off: bool) -> Any:
+    """The reference where the rollout runs it: the prepared policy itself (adapters disabled at use),
+    a DeepSpeed inference engine (sharded like the policy under ZeRO-3), or the model on the device."""
+    from accelerate.utils import DistributedType
+
+    if adapters_off:
+        return accelerator.unwrap_model(model).policy
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        from trl.models.utils import prepare_deepspeed
+
+        return prepare_deepspeed(reference, accelerator)
+    return reference.to(accelerator.device)
+
+
+def make_kl_controller(cfg: Config) -> Any:
+    from rlft.rl.kl_controller import AdaptiveKLController, FixedKLController
+
+    if cfg.adaptive_kl is None:
+        return FixedKLController(cfg.beta)
+    return AdaptiveKLController(cfg.beta, target=cfg.adaptive_kl.target, horizon=cfg.adaptive_kl.horizon)
