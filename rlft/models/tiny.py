@@ -115,6 +115,9 @@ def build_tiny_from_texts(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        # Whichever process builds it must write it: once torch.distributed is initialised,
+        # transformers 5 writes nothing on ranks above 0 (see should_save_on_this_rank).
+        model.should_save_on_this_rank = lambda is_main_process: True
         model.save_pretrained(tmp)  # transformers 5 always writes safetensors
         tokenizer.save_pretrained(tmp)
         if out.exists():  # os.replace cannot rename over a non-empty folder
