@@ -14,6 +14,12 @@ three ways:
 Each point is timed from building the trainer (data, tokenisation, reference) to the end of
 training; no task evaluation. Prints the seconds per point, the sweep totals and the speed-ups.
 Single process; set OMP_NUM_THREADS=1 on a shared machine.
+
+Measured here (2 CPU cores, 1 thread, torch 2.13, trl 1.16), seconds for the 3-point sweep:
+- defaults (571k parameters, 125 steps): 34.5 cached, 41.7 precomputed per point (1.21x),
+  35.9 with the reference at every step (1.04x); reference pass 3.4 cached vs 11.7.
+- `--hidden 256 --layers 4 --steps 250` (4.3M parameters): 219 cached, 290 per point (1.32x),
+  323 at every step (1.47x); reference pass 12.3 vs 45.2 (other jobs shared the cores).
 """
 
 from __future__ import annotations

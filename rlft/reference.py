@@ -8,8 +8,9 @@ Right by construction (DESIGN.md decision 4):
   training it on, the reference would be the base *without* the previous stage's adapter
   (LLaMA-Factory's SFT->DPO LoRA pitfall: DPO loss 0 and accuracy 1.0 from the first steps).
   rlft's own LoRA artifacts are merged when saved (rlft.models.tuning.save_model) already.
-- A starting model that keeps a learned prompt (an rlft prompt/prefix-tuning artifact) gets a
-  frozen copy as reference: disabling adapters would drop its prompt.
+- A starting model that keeps a learned prompt (an rlft prompt/prefix-tuning artifact) is its own
+  reference at step 0, prompt included (disabling adapters would drop the prompt); its reference
+  log-probs are then always precomputed (see plan_reference).
 
 Cached log-probs: with `precompute_reference: true` TRL computes the reference log-probs of the
 train and eval sets once, before training (`_precompute_ref_logps`). `ReferenceMixin` wraps that
@@ -35,6 +36,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -203,8 +205,9 @@ class ReferenceMixin:
 
     1. Given a PeftModel and no ref_model, TRL adds a "ref" adapter, a copy of the new adapter at its
        initial values, and uses it as the reference. For LoRA that equals "adapters disabled" (B = 0
-       at init), for other adapters (prompt tuning, ...) it does not. rlft removes the copy, so the
-       reference is always the starting model with adapters disabled: the previous stage's model.
+       at init), for other adapters (prompt tuning, ...) it does not. rlft removes the copy
+       (`drop_adapter_copy`), so the reference is the starting model with adapters disabled: the
+       previous stage's model. (Kept when the start itself carries the prompt: see plan_reference.)
     2. `_precompute_ref_logps` looks the split up in the cache first; on a hit the reference model
        never runs; on a miss TRL computes the columns as usual and they are stored.
        `ref_input_columns` are the token-id columns the reference reads (the data part of the key).
@@ -212,14 +215,23 @@ class ReferenceMixin:
 
     ref_input_columns: tuple[str, ...] = ()
 
-    def __init__(self, *args: Any, ref_cache: RefLogpsCache | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        ref_cache: RefLogpsCache | None = None,
+        drop_adapter_copy: bool = True,
+        **kwargs: Any,
+    ):
         self.ref_cache = ref_cache  # set before TRL's __init__, which precomputes
+        self.drop_adapter_copy = drop_adapter_copy
         super().__init__(*args, **kwargs)
-        self._drop_reference_adapter_copy()
+        # Precomputed: the copy has served (its log-probs are in the data); else drop it if asked.
+        self.drop_adapter_copy = drop_adapter_copy or self.precompute_ref_logps
+        self._drop_reference_adapter_copy()  # also keeps a stray adapter/ref/ out of the saved artifact
 
     def _drop_reference_adapter_copy(self) -> None:
         model = self.accelerator.unwrap_model(self.model) if hasattr(self, "accelerator") else self.model
-        if "ref" in (getattr(model, "peft_config", None) or {}):
+        if self.drop_adapter_copy and "ref" in (getattr(model, "peft_config", None) or {}):
             model.delete_adapter("ref")  # "default" stays the active, trained adapter
 
     def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:
@@ -284,34 +296,63 @@ def reference_trainer_class(base: type) -> type:
 # --- a stage's reference ------------------------------------------------------------------------
 
 
-def reference_model(
-    cfg: Any, ctx: Any, *, start: Any, policy: Any, tokenizer: Any, precompute: bool
-) -> tuple[Any, str]:
-    """The `ref_model` to give TRL's trainer, and what the reference is (for the log).
+@dataclass
+class ReferencePlan:
+    """How a stage's reference is made. See `plan_reference`."""
 
-    `start` is the starting model as loaded, `policy` the model to train (after `tuning:`). None
-    when TRL's own reference already is exactly the starting model: the policy with its new
-    adapter disabled, or (with precompute) the policy before its first step. Otherwise a frozen
-    copy is loaded here: an explicit `reference:`; or the starting model itself, when it carries a
-    kept prompt (disabling adapters would drop it) or when TRL would reload it from
-    `config._name_or_path` (for a merged adapter that names the base).
+    ref_model: Any  # the ref_model to give TRL's trainer; None: TRL's own (see `drop_adapter_copy`)
+    precompute: bool  # reference log-probs computed before training (forced for a kept-prompt start)
+    drop_adapter_copy: bool  # remove TRL's "ref" copy of the policy's adapter (reference = adapters disabled)
+    description: str  # what the reference is, for the log
+
+
+def plan_reference(cfg: Any, ctx: Any, *, start: Any, policy: Any, tokenizer: Any) -> ReferencePlan:
+    """The reference of a DPO/KTO stage: its starting model unless `cfg.reference` names another.
+
+    `start` is the starting model as loaded, `policy` the model to train (after `tuning:`).
+    - A new adapter on a plain start: the policy with its adapters disabled (TRL's copy of the
+      adapter at its initial values is dropped: for a prompt it is not the start).
+    - A plain policy: with precompute, the policy before its first step; else a frozen copy, loaded
+      here (TRL would reload it from `config._name_or_path`, which for a merged adapter is its base).
+    - A start that keeps a learned prompt (an rlft prompt/prefix artifact): TRL's copy of the
+      policy's prompt at step 0, with precompute forced on (TRL's fused log-prob head cannot run a
+      separate PeftModel as reference, and the copy's base would train along under full tuning).
+    - An explicit other reference: a frozen copy (a plain model: adapters merged).
     """
     from peft import PeftModel
 
     from rlft.errors import ConfigError
     from rlft.models.loading import resolve_source
 
+    precompute = cfg.precompute_reference
     explicit = cfg.reference is not None and not same_source(cfg.reference, cfg.model)
-    plain_start = not isinstance(start, PeftModel)
-    if not explicit and plain_start and isinstance(policy, PeftModel):
-        return None, "the starting model (the policy with its new adapter disabled)"
-    if not explicit and plain_start and precompute:
-        return None, "the starting model (the policy before its first step; log-probs precomputed)"
+    if not explicit:
+        if isinstance(start, PeftModel):
+            if not precompute:
+                ctx.log(
+                    "precompute_reference: on, since the starting model keeps a learned prompt: its reference "
+                    "log-probs are taken from the policy before the first step"
+                )
+            return ReferencePlan(
+                None, True, False, "the starting model with its kept prompt (before the first step)"
+            )
+        if isinstance(policy, PeftModel):
+            return ReferencePlan(
+                None, precompute, True, "the starting model (the policy with its new adapter disabled)"
+            )
+        if precompute:
+            return ReferencePlan(None, True, True, "the starting model (the policy before its first step)")
     source = cfg.reference if explicit else cfg.model
     resolved = resolve_source(
         source, model_paths=ctx.model_paths, run_dir=ctx.run_dir, base_dir=ctx.base_dir, key="reference"
     )
     ref = load_merged_model(resolved, dtype=source.dtype, tokenizer=tokenizer, log=ctx.log, frozen=True)
+    if isinstance(ref, PeftModel):
+        raise ConfigError(
+            f"stages.{cfg.name}.reference: {resolved.description} keeps a learned prompt (prompt/prefix tuning); "
+            "TRL cannot run such a model as a separate reference. Start the stage from it instead (then it is "
+            "the reference), or export it without the prompt"
+        )
     policy_vocab = policy.get_input_embeddings().num_embeddings
     if ref.get_input_embeddings().num_embeddings != policy_vocab:
         raise ConfigError(
@@ -319,7 +360,8 @@ def reference_model(
             f"{ref.get_input_embeddings().num_embeddings} tokens, the policy {policy_vocab}; the reference must "
             "score the policy's token ids: use a model with the same tokenizer"
         )
-    return ref, (resolved.description if explicit else "the starting model (a frozen copy)")
+    what = resolved.description if explicit else "the starting model (a frozen copy)"
+    return ReferencePlan(ref, precompute, True, what)
 
 
 def reference_cache(cfg: Any, ctx: Any, *, tokenizer: Any, trainer: str, args: Any) -> RefLogpsCache:

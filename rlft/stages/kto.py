@@ -90,7 +90,7 @@ def make_trainer(
     from rlft.data import load_stage_data
     from rlft.models.loading import load_tokenizer, resolve_source
     from rlft.models.tuning import apply_tuning, count_parameters, describe_parameters, tuning_callbacks
-    from rlft.reference import load_merged_model, reference_cache, reference_model, reference_trainer_class
+    from rlft.reference import load_merged_model, plan_reference, reference_cache, reference_trainer_class
 
     resolved = resolve_source(
         cfg.model, model_paths=ctx.model_paths, run_dir=ctx.run_dir, base_dir=ctx.base_dir
@@ -123,34 +123,33 @@ def make_trainer(
         f"{n_eval} eval rows"
     )
 
+    reference = plan_reference(cfg, ctx, start=start, policy=model, tokenizer=tokenizer)
+    ctx.log(f"reference: {reference.description}")
     settings = {
         "loss_type": cfg.loss_type,
         "beta": cfg.beta,
         "desirable_weight": cfg.desirable_weight,
         "undesirable_weight": cfg.undesirable_weight,
         "max_length": cfg.max_length,
-        "precompute_ref_log_probs": cfg.precompute_reference,
+        "precompute_ref_log_probs": reference.precompute,
     }
     args = build_trainer_args(KTOConfig, cfg, ctx, has_eval=data.eval is not None, defaults=settings)
-    ref_model, reference = reference_model(
-        cfg, ctx, start=start, policy=model, tokenizer=tokenizer, precompute=cfg.precompute_reference
-    )
-    ctx.log(f"reference: {reference}")
     cache = (
         reference_cache(cfg, ctx, tokenizer=tokenizer, trainer="kto", args=args)
-        if cfg.precompute_reference
+        if reference.precompute
         else None
     )
     report_data(data, tokenizer, ctx, max_length=args.max_length)
     trainer = reference_trainer_class(KTOTrainer)(
         model=model,
-        ref_model=ref_model,
+        ref_model=reference.ref_model,
         args=args,
         train_dataset=data.train,
         eval_dataset=data.eval,
         processing_class=tokenizer,
         callbacks=callbacks,
         ref_cache=cache,
+        drop_adapter_copy=reference.drop_adapter_copy,
     )
     if cache is not None and trainer.ref_model is not None:
         trainer.ref_model = None  # its log-probs are in the data now: free it, as TRL does for its own copy
@@ -159,7 +158,7 @@ def make_trainer(
         "tokenizer_fixups": fixups,
         "data": data.report,
         "model": resolved.description,
-        "reference": {"model": reference, "cache": cache.events if cache is not None else None},
+        "reference": {"model": reference.description, "cache": cache.events if cache is not None else None},
     }
     return trainer, info
 

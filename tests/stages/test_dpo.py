@@ -242,6 +242,40 @@ def test_resumed_run_continues_with_the_same_losses(tmp_path, tiny_model):
     assert [got[s] for s in (4, 5, 6)] == pytest.approx([expected[s] for s in (4, 5, 6)], abs=1e-5)
 
 
+def test_prompt_tuning_keeps_the_starting_model_as_reference(tmp_path, tiny_model):
+    # A new prompt on a plain start: the reference is the start (adapter disabled), not TRL's copy
+    # of the initial prompt; a prompt is not a no-op, so the margins start away from 0.
+    prompt = {"method": "prompt_tuning", "num_virtual_tokens": 4}
+    trainer, _ = dpo.make_trainer(make({"path": str(tiny_model)}, tuning=prompt), context(tmp_path))
+    assert trainer.ref_model is None and "ref" not in trainer.model.peft_config
+    assert abs(step_zero(trainer)[1]) > 1e-4
+
+    # Starting from an artifact that keeps its prompt: the policy at step 0, prompt included, is the
+    # reference (its log-probs precomputed: TRL cannot run a separate PeftModel as reference).
+    ctx = context(tmp_path, "sft")
+    sft.run(
+        sft.Config.model_validate(
+            {
+                "name": "sft",
+                "kind": "sft",
+                "model": {"path": str(tiny_model)},
+                "data": {"train": str(QUICKSTART_DATA / "sft_train.jsonl"), "max_rows": 32},
+                "tuning": prompt,
+                "evaluate": False,
+                "trainer": {"max_steps": 2, "learning_rate": 1e-2, "per_device_train_batch_size": 16},
+            }
+        ),
+        ctx,
+    )
+    trainer, info = dpo.make_trainer(make({"path": str(ctx.artifact_dir)}), context(tmp_path, "dpo"))
+    assert (
+        "kept prompt" in info["reference"]["model"]
+        and "ref_chosen_logps" in trainer.train_dataset.column_names
+    )
+    loss, margin, _ = step_zero(trainer)
+    assert loss == pytest.approx(LOG2, abs=1e-6) and margin == pytest.approx(0.0, abs=1e-6)
+
+
 def test_explicit_reference(tmp_path, tiny_model, sft_lora):
     # Another model: a frozen copy of it is the reference, so the margins start away from 0.
     cfg = make({"path": str(tiny_model)}, reference={"path": str(sft_lora)})
