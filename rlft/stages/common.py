@@ -144,10 +144,11 @@ OWNED = {"output_dir": "the stage folder is runs/<pipeline>/<stage> (change it w
 def build_trainer_args(
     config_class: Any, cfg: Any, ctx: StageContext, *, has_eval: bool, defaults: dict[str, Any]
 ) -> Any:
-    """A TRL config: rlft's defaults, the stage's own defaults, then the stage's `trainer:` section."""
+    """A TRL config: rlft's defaults, the tuning method's and the stage's own, then its `trainer:` section."""
     import torch
 
     from rlft.errors import ConfigError
+    from rlft.models.tuning import tuning_trainer_defaults
 
     for key, why in OWNED.items():
         if key in cfg.trainer:
@@ -159,6 +160,7 @@ def build_trainer_args(
         "use_cpu": not cuda,  # also what makes several CPU processes train together (gloo)
         "seed": cfg.seed,
         "eval_strategy": "steps" if has_eval else "no",
+        **(tuning_trainer_defaults(cfg.tuning) if hasattr(cfg, "tuning") else {}),
         **defaults,
         **cfg.trainer,
         "output_dir": str(ctx.checkpoint_dir),

@@ -71,7 +71,6 @@ def make_trainer(
         count_parameters,
         describe_parameters,
         tuning_callbacks,
-        tuning_trainer_defaults,
     )
 
     resolved = resolve_source(
@@ -104,9 +103,7 @@ def make_trainer(
     data = as_explicit_preferences(data, cfg, ctx)
     n_eval = len(data.eval) if data.eval is not None else 0
     ctx.log(f"data: {len(data.train)} train pairs, {n_eval} eval pairs")
-    args = build_trainer_args(
-        RewardConfig, cfg, ctx, has_eval=data.eval is not None, defaults=tuning_trainer_defaults(cfg.tuning)
-    )
+    args = build_trainer_args(RewardConfig, cfg, ctx, has_eval=data.eval is not None, defaults={})
     report_data(data, tokenizer, ctx, max_length=args.max_length)
     trainer = RewardTrainer(
         model=model,

@@ -53,14 +53,8 @@ def trainer_args(
         )
     from trl import SFTConfig
 
-    from rlft.models.tuning import tuning_trainer_defaults
-
     return build_trainer_args(
-        SFTConfig,
-        cfg,
-        ctx,
-        has_eval=has_eval,
-        defaults={"assistant_only_loss": assistant_only, **tuning_trainer_defaults(cfg.tuning)},
+        SFTConfig, cfg, ctx, has_eval=has_eval, defaults={"assistant_only_loss": assistant_only}
     )
 
 
