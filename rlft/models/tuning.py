@@ -566,3 +566,22 @@ def _no_grad():
     import torch
 
     return torch.no_grad()
+
+
+# Methods whose policies cannot sample through peft's `generate` (peft 0.21 + transformers 5.24
+# get the virtual tokens' positions and cache wrong; rlft/evaluation.py decodes them greedily by
+# whole-sequence forward passes instead, which sampling loops like PPO's and TRL's do not).
+NO_SAMPLING = {
+    "prompt_tuning": "peft's generate is wrong for prompt tuning under transformers 5 (see rlft/evaluation.py)",
+    "prefix_tuning": "peft's generate is wrong for prefix tuning under transformers 5 (see rlft/evaluation.py)",
+}
+
+
+def check_sampling_policy(cfg: Any) -> None:
+    """Refuse tuning methods that online stages (PPO, GRPO, RLOO) cannot sample from correctly."""
+    why = NO_SAMPLING.get(cfg.method)
+    if why:
+        methods = sorted(set(APPLY) - set(NO_SAMPLING))
+        raise ValueError(
+            f"tuning.method {cfg.method} cannot be used for a policy that samples: {why}; use one of {', '.join(methods)}"
+        )

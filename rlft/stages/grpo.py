@@ -26,7 +26,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from rlft.data import DataConfig
-from rlft.models.tuning import FullTuning, TuningConfig
+from rlft.models.tuning import FullTuning, TuningConfig, check_sampling_policy
 from rlft.rewards import RewardSpec
 from rlft.stages.common import (
     StageBase,
@@ -56,6 +56,7 @@ class Config(StageBase):
 
     @model_validator(mode="after")
     def _weights_in_reward(self) -> Config:
+        check_sampling_policy(self.tuning)
         if "reward_weights" in self.trainer:
             raise ValueError("trainer.reward_weights: give each part's weight in reward.sum instead")
         return self

@@ -372,3 +372,26 @@ def test_greedy_completions_with_a_prompt_are_right_and_do_not_depend_on_the_bat
 
     assert greedy_completions(model, tokenizer, prompts, max_new_tokens=6, batch_size=10) == expected
     assert greedy_completions(model, tokenizer, prompts, max_new_tokens=6, batch_size=1) == expected
+
+
+@pytest.mark.parametrize("kind", ["ppo", "grpo", "rloo"])
+@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
+def test_sampling_stages_refuse_prompt_methods(kind, method):
+    from pydantic import ValidationError
+
+    from rlft.stages import stage_config_class
+
+    spec = {
+        "name": "p",
+        "kind": kind,
+        "model": "org/model",
+        "data": {"train": "t.jsonl"},
+        "reward": {"function": "reward_models.tasks:uppercase_copy"},
+        "tuning": {"method": method, "num_virtual_tokens": 4},
+    }
+    if kind == "ppo":
+        spec["steps"] = 2
+    with pytest.raises(
+        ValidationError, match=f"tuning.method {method} cannot be used for a policy that samples"
+    ):
+        stage_config_class(kind).model_validate(spec)
