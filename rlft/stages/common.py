@@ -173,6 +173,50 @@ def build_trainer_args(
         raise ConfigError(f"stages.{cfg.name}.trainer: {e}") from None
 
 
+@dataclass
+class Policy:
+    """A policy stage's starting model, tuned: what SFT, DPO, KTO, GRPO and RLOO set up first."""
+
+    start: Any  # the starting model before tuning (references are planned from it)
+    model: Any  # the model that trains (a PeftModel for adapter methods)
+    tokenizer: Any
+    callbacks: list[Any]  # the tuning method's trainer callbacks (gradual unfreezing)
+    info: dict[str, Any]  # parameters, tokenizer fix-ups, model description: recorded in stage.json
+
+
+def load_policy(cfg: Any, ctx: StageContext) -> Policy:
+    """Resolve `cfg.model`, load tokenizer (with its logged fix-ups) and model, apply `cfg.tuning`."""
+    from rlft.models.loading import load_tokenizer, resolve_source
+    from rlft.models.tuning import apply_tuning, count_parameters, describe_parameters, tuning_callbacks
+    from rlft.reference import load_merged_model
+
+    resolved = resolve_source(
+        cfg.model, model_paths=ctx.model_paths, run_dir=ctx.run_dir, base_dir=ctx.base_dir
+    )
+    ctx.log(f"model: {resolved.description}")
+    tokenizer, fixups = load_tokenizer(resolved, log=ctx.log)
+    start = load_merged_model(resolved, dtype=cfg.model.dtype, tokenizer=tokenizer, log=ctx.log)
+    model = apply_tuning(start, cfg.tuning, tokenizer=tokenizer)
+    params = count_parameters(model)
+    ctx.log(describe_parameters(cfg.tuning, params))
+    info = {"parameters": params, "tokenizer_fixups": fixups, "model": resolved.description}
+    return Policy(start, model, tokenizer, tuning_callbacks(model, cfg.tuning, log=ctx.log), info)
+
+
+def load_data(cfg: Any, ctx: StageContext, *, formats: tuple[str, ...], tokenizer: Any) -> Any:
+    """`cfg.data` through the data layer, with the stage's rejects file and key path."""
+    from rlft.data import load_stage_data
+
+    return load_stage_data(
+        cfg.data,
+        formats=formats,
+        base_dir=ctx.base_dir,
+        rejects_path=ctx.work_dir / "rejects.jsonl",
+        section=f"stages.{cfg.name}.data",
+        tokenizer=tokenizer,
+    )
+
+
 def report_data(data: Any, tokenizer: Any, ctx: StageContext, *, max_length: int | None) -> dict[str, Any]:
     """The stage's data report (lengths, duplicates, tokenisation checks): logged, and written into the artifact."""
     from rlft.data.report import data_report, write_report

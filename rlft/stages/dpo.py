@@ -32,6 +32,8 @@ from rlft.stages.common import (
     StageResult,
     as_explicit_preferences,
     build_trainer_args,
+    load_data,
+    load_policy,
     measure_task_reward,
     rank_summary,
     report_data,
@@ -132,30 +134,12 @@ def make_trainer(
     """Everything up to `trainer.train()`: model, tokenizer, tuning, pairs, DPOConfig, reference, DPOTrainer."""
     from trl import DPOConfig, DPOTrainer
 
-    from rlft.data import load_stage_data
-    from rlft.models.loading import load_tokenizer, resolve_source
-    from rlft.models.tuning import apply_tuning, count_parameters, describe_parameters, tuning_callbacks
-    from rlft.reference import load_merged_model, plan_reference, reference_cache, reference_trainer_class
+    from rlft.reference import plan_reference, reference_cache, reference_trainer_class
 
-    resolved = resolve_source(
-        cfg.model, model_paths=ctx.model_paths, run_dir=ctx.run_dir, base_dir=ctx.base_dir
-    )
-    ctx.log(f"model: {resolved.description}")
-    tokenizer, fixups = load_tokenizer(resolved, log=ctx.log)
-    start = load_merged_model(resolved, dtype=cfg.model.dtype, tokenizer=tokenizer, log=ctx.log)
-    model = apply_tuning(start, cfg.tuning, tokenizer=tokenizer)
-    params = count_parameters(model)
-    ctx.log(describe_parameters(cfg.tuning, params))
-    callbacks = [*(callbacks or []), *tuning_callbacks(model, cfg.tuning, log=ctx.log)]
-
-    data = load_stage_data(
-        cfg.data,
-        formats=("preference", "implicit_preference"),
-        base_dir=ctx.base_dir,
-        rejects_path=ctx.work_dir / "rejects.jsonl",
-        section=f"stages.{cfg.name}.data",
-        tokenizer=tokenizer,
-    )
+    policy = load_policy(cfg, ctx)
+    start, model, tokenizer = policy.start, policy.model, policy.tokenizer
+    callbacks = [*(callbacks or []), *policy.callbacks]
+    data = load_data(cfg, ctx, formats=("preference", "implicit_preference"), tokenizer=tokenizer)
     data = as_explicit_preferences(data, cfg, ctx)
     n_eval = len(data.eval) if data.eval is not None else 0
     ctx.log(f"data: {len(data.train)} train pairs, {n_eval} eval pairs")
@@ -195,10 +179,8 @@ def make_trainer(
     if cache is not None and trainer.ref_model is not None:
         trainer.ref_model = None  # its log-probs are in the data now: free it, as TRL does for its own copy
     info = {
-        "parameters": params,
-        "tokenizer_fixups": fixups,
+        **policy.info,
         "data": data.report,
-        "model": resolved.description,
         "reference": {"model": reference.description, "cache": cache.events if cache is not None else None},
         "trl_losses": losses,
     }

@@ -33,6 +33,8 @@ from rlft.stages.common import (
     StageContext,
     StageResult,
     build_trainer_args,
+    load_data,
+    load_policy,
     measure_task_reward,
     rank_summary,
     report_data,
@@ -93,30 +95,11 @@ def make_trainer(
     cfg: Any, ctx: StageContext, *, trainer_class: Any, config_class: Any, callbacks: list | None = None
 ) -> tuple[Any, dict[str, Any]]:
     """Everything up to `trainer.train()`, for GRPO (GRPOTrainer, GRPOConfig) or RLOO (RLOOTrainer, RLOOConfig)."""
-    from rlft.data import load_stage_data
-    from rlft.models.loading import load_tokenizer, resolve_source
-    from rlft.models.tuning import apply_tuning, count_parameters, describe_parameters, tuning_callbacks
-    from rlft.reference import load_merged_model
 
-    resolved = resolve_source(
-        cfg.model, model_paths=ctx.model_paths, run_dir=ctx.run_dir, base_dir=ctx.base_dir
-    )
-    ctx.log(f"model: {resolved.description}")
-    tokenizer, fixups = load_tokenizer(resolved, log=ctx.log)
-    model = load_merged_model(resolved, dtype=cfg.model.dtype, tokenizer=tokenizer, log=ctx.log)
-    model = apply_tuning(model, cfg.tuning, tokenizer=tokenizer)
-    params = count_parameters(model)
-    ctx.log(describe_parameters(cfg.tuning, params))
-    callbacks = [*(callbacks or []), *tuning_callbacks(model, cfg.tuning, log=ctx.log)]
-
-    data = load_stage_data(
-        cfg.data,
-        formats=("prompt_only",),
-        base_dir=ctx.base_dir,
-        rejects_path=ctx.work_dir / "rejects.jsonl",
-        section=f"stages.{cfg.name}.data",
-        tokenizer=tokenizer,
-    )
+    policy = load_policy(cfg, ctx)
+    model, tokenizer = policy.model, policy.tokenizer
+    callbacks = [*(callbacks or []), *policy.callbacks]
+    data = load_data(cfg, ctx, formats=("prompt_only",), tokenizer=tokenizer)
     ctx.log(f"data: {len(data.train)} prompts ({data.report['style']})")
     funcs, weights = reward_functions(cfg, ctx)
     ctx.log(f"reward: {', '.join(f.__name__ for f in funcs)}" + (f" weighted {weights}" if weights else ""))
@@ -133,10 +116,8 @@ def make_trainer(
         callbacks=callbacks,
     )
     info = {
-        "parameters": params,
-        "tokenizer_fixups": fixups,
+        **policy.info,
         "data": data.report,
-        "model": resolved.description,
     }
     return trainer, info
 

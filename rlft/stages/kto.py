@@ -33,6 +33,8 @@ from rlft.stages.common import (
     StageResult,
     build_trainer_args,
     convert_data,
+    load_data,
+    load_policy,
     measure_task_reward,
     rank_summary,
     report_data,
@@ -87,29 +89,13 @@ def make_trainer(
     """Everything up to `trainer.train()`: model, tokenizer, tuning, rows, KTOConfig, reference, KTOTrainer."""
     from trl import KTOConfig, KTOTrainer
 
-    from rlft.data import load_stage_data
-    from rlft.models.loading import load_tokenizer, resolve_source
-    from rlft.models.tuning import apply_tuning, count_parameters, describe_parameters, tuning_callbacks
-    from rlft.reference import load_merged_model, plan_reference, reference_cache, reference_trainer_class
+    from rlft.reference import plan_reference, reference_cache, reference_trainer_class
 
-    resolved = resolve_source(
-        cfg.model, model_paths=ctx.model_paths, run_dir=ctx.run_dir, base_dir=ctx.base_dir
-    )
-    ctx.log(f"model: {resolved.description}")
-    tokenizer, fixups = load_tokenizer(resolved, log=ctx.log)
-    start = load_merged_model(resolved, dtype=cfg.model.dtype, tokenizer=tokenizer, log=ctx.log)
-    model = apply_tuning(start, cfg.tuning, tokenizer=tokenizer)
-    params = count_parameters(model)
-    ctx.log(describe_parameters(cfg.tuning, params))
-    callbacks = [*(callbacks or []), *tuning_callbacks(model, cfg.tuning, log=ctx.log)]
-
-    data = load_stage_data(
-        cfg.data,
-        formats=("unpaired_preference", "preference", "implicit_preference"),
-        base_dir=ctx.base_dir,
-        rejects_path=ctx.work_dir / "rejects.jsonl",
-        section=f"stages.{cfg.name}.data",
-        tokenizer=tokenizer,
+    policy = load_policy(cfg, ctx)
+    start, model, tokenizer = policy.start, policy.model, policy.tokenizer
+    callbacks = [*(callbacks or []), *policy.callbacks]
+    data = load_data(
+        cfg, ctx, formats=("unpaired_preference", "preference", "implicit_preference"), tokenizer=tokenizer
     )
     data = convert_data(data, cfg, ctx, target="unpaired_preference")
     # KTO reads its rows in order (its KL pairs are built within each batch) and unpairing puts
@@ -154,10 +140,8 @@ def make_trainer(
     if cache is not None and trainer.ref_model is not None:
         trainer.ref_model = None  # its log-probs are in the data now: free it, as TRL does for its own copy
     info = {
-        "parameters": params,
-        "tokenizer_fixups": fixups,
+        **policy.info,
         "data": data.report,
-        "model": resolved.description,
         "reference": {"model": reference.description, "cache": cache.events if cache is not None else None},
     }
     return trainer, info

@@ -29,6 +29,7 @@ from rlft.stages.common import (
     StageResult,
     as_explicit_preferences,
     build_trainer_args,
+    load_data,
     rank_summary,
     report_data,
 )
@@ -64,7 +65,6 @@ def make_trainer(
     """Everything up to `trainer.train()`."""
     from trl import RewardConfig, RewardTrainer
 
-    from rlft.data import load_stage_data
     from rlft.models.loading import load_causal_lm, load_tokenizer, resolve_source
     from rlft.models.tuning import (
         apply_tuning,
@@ -92,14 +92,7 @@ def make_trainer(
     ctx.log(describe_parameters(cfg.tuning, params))
     callbacks = [*(callbacks or []), *tuning_callbacks(model, cfg.tuning, log=ctx.log)]
 
-    data = load_stage_data(
-        cfg.data,
-        formats=("preference", "implicit_preference"),
-        base_dir=ctx.base_dir,
-        rejects_path=ctx.work_dir / "rejects.jsonl",
-        section=f"stages.{cfg.name}.data",
-        tokenizer=tokenizer,
-    )
+    data = load_data(cfg, ctx, formats=("preference", "implicit_preference"), tokenizer=tokenizer)
     data = as_explicit_preferences(data, cfg, ctx)
     n_eval = len(data.eval) if data.eval is not None else 0
     ctx.log(f"data: {len(data.train)} train pairs, {n_eval} eval pairs")

@@ -24,6 +24,8 @@ from rlft.stages.common import (
     StageContext,
     StageResult,
     build_trainer_args,
+    load_data,
+    load_policy,
     measure_task_reward,
     rank_summary,
     report_data,
@@ -64,29 +66,10 @@ def make_trainer(
     """Everything up to `trainer.train()`: model, tokenizer, tuning, data, SFTConfig, SFTTrainer."""
     from trl import SFTTrainer
 
-    from rlft.data import load_stage_data
-    from rlft.models.loading import load_causal_lm, load_tokenizer, resolve_source
-    from rlft.models.tuning import apply_tuning, count_parameters, describe_parameters, tuning_callbacks
-
-    resolved = resolve_source(
-        cfg.model, model_paths=ctx.model_paths, run_dir=ctx.run_dir, base_dir=ctx.base_dir
-    )
-    ctx.log(f"model: {resolved.description}")
-    tokenizer, fixups = load_tokenizer(resolved, log=ctx.log)
-    model = load_causal_lm(resolved, dtype=cfg.model.dtype, tokenizer=tokenizer, log=ctx.log)
-    model = apply_tuning(model, cfg.tuning, tokenizer=tokenizer)
-    params = count_parameters(model)
-    ctx.log(describe_parameters(cfg.tuning, params))
-    callbacks = [*(callbacks or []), *tuning_callbacks(model, cfg.tuning, log=ctx.log)]
-
-    data = load_stage_data(
-        cfg.data,
-        formats=("language_modeling", "prompt_completion"),
-        base_dir=ctx.base_dir,
-        rejects_path=ctx.work_dir / "rejects.jsonl",
-        section=f"stages.{cfg.name}.data",
-        tokenizer=tokenizer,
-    )
+    policy = load_policy(cfg, ctx)
+    model, tokenizer = policy.model, policy.tokenizer
+    callbacks = [*(callbacks or []), *policy.callbacks]
+    data = load_data(cfg, ctx, formats=("language_modeling", "prompt_completion"), tokenizer=tokenizer)
     ctx.log(
         f"data: {data.format}, {len(data.train)} train rows, {len(data.eval) if data.eval is not None else 0} eval rows"
     )
@@ -110,12 +93,7 @@ def make_trainer(
         cfg, ctx, before=len(data.train), after=len(trainer.train_dataset), max_length=args.max_length
     )
     report_data(data, tokenizer, ctx, max_length=args.max_length)
-    info = {
-        "parameters": params,
-        "tokenizer_fixups": fixups,
-        "data": data.report,
-        "model": resolved.description,
-    }
+    info = {**policy.info, "data": data.report}
     return trainer, info
 
 
