@@ -384,3 +384,38 @@ def reference_cache(cfg: Any, ctx: Any, *, tokenizer: Any, trainer: str, args: A
         },
     }
     return RefLogpsCache(ctx.cache_dir / "ref_logps", identity=identity, log=ctx.log)
+
+
+def reference_trainer(
+    trainer_class: type,
+    cfg: Any,
+    ctx: Any,
+    *,
+    reference: ReferencePlan,
+    args: Any,
+    data: Any,
+    policy: Any,
+    callbacks: list,
+) -> tuple[Any, dict[str, Any]]:
+    """A DPO/KTO-style TRL trainer wired to its reference: cached log-probs when precomputed, the
+    adapter-disabled policy or a frozen model otherwise. Returns (trainer, reference info for stage.json)."""
+    kind = trainer_class.__name__.removesuffix("Trainer").lower()
+    cache = (
+        reference_cache(cfg, ctx, tokenizer=policy.tokenizer, trainer=kind, args=args)
+        if reference.precompute
+        else None
+    )
+    trainer = reference_trainer_class(trainer_class)(
+        model=policy.model,
+        ref_model=reference.ref_model,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        processing_class=policy.tokenizer,
+        callbacks=callbacks,
+        ref_cache=cache,
+        drop_adapter_copy=reference.drop_adapter_copy,
+    )
+    if cache is not None and trainer.ref_model is not None:
+        trainer.ref_model = None  # its log-probs are in the data now: free it, as TRL does for its own copy
+    return trainer, {"model": reference.description, "cache": cache.events if cache is not None else None}

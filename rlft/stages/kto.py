@@ -89,7 +89,7 @@ def make_trainer(
     """Everything up to `trainer.train()`: model, tokenizer, tuning, rows, KTOConfig, reference, KTOTrainer."""
     from trl import KTOConfig, KTOTrainer
 
-    from rlft.reference import plan_reference, reference_cache, reference_trainer_class
+    from rlft.reference import plan_reference, reference_trainer
 
     policy = load_policy(cfg, ctx)
     start, model, tokenizer = policy.start, policy.model, policy.tokenizer
@@ -120,29 +120,14 @@ def make_trainer(
         "precompute_ref_log_probs": reference.precompute,
     }
     args = build_trainer_args(KTOConfig, cfg, ctx, has_eval=data.eval is not None, defaults=settings)
-    cache = (
-        reference_cache(cfg, ctx, tokenizer=tokenizer, trainer="kto", args=args)
-        if reference.precompute
-        else None
-    )
     report_data(data, tokenizer, ctx, max_length=args.max_length)
-    trainer = reference_trainer_class(KTOTrainer)(
-        model=model,
-        ref_model=reference.ref_model,
-        args=args,
-        train_dataset=data.train,
-        eval_dataset=data.eval,
-        processing_class=tokenizer,
-        callbacks=callbacks,
-        ref_cache=cache,
-        drop_adapter_copy=reference.drop_adapter_copy,
+    trainer, reference_info = reference_trainer(
+        KTOTrainer, cfg, ctx, reference=reference, args=args, data=data, policy=policy, callbacks=callbacks
     )
-    if cache is not None and trainer.ref_model is not None:
-        trainer.ref_model = None  # its log-probs are in the data now: free it, as TRL does for its own copy
     info = {
         **policy.info,
         "data": data.report,
-        "reference": {"model": reference.description, "cache": cache.events if cache is not None else None},
+        "reference": reference_info,
     }
     return trainer, info
 
