@@ -217,6 +217,29 @@ def load_data(cfg: Any, ctx: StageContext, *, formats: tuple[str, ...], tokenize
     )
 
 
+def finish_policy_stage(
+    cfg: Any, ctx: StageContext, trainer: Any, *, metrics: dict, info: dict
+) -> StageResult:
+    """Save a trained policy (whole, also under ZeRO-3/FSDP; adapters merged) and measure its task reward.
+
+    Every process must call it: gathering sharded weights is a collective; only the main one writes.
+    """
+    from rlft.distributed import gathered_model
+    from rlft.models.tuning import model_to_run, save_model
+
+    rank = rank_summary(trainer)  # before saving: merging LoRA changes the weights in place
+    model = gathered_model(trainer)  # whole on the main process, None on the others
+    if model is not None:
+        info["saved"] = save_model(model, trainer.processing_class, ctx.artifact_dir)
+        if cfg.evaluate:
+            result = measure_task_reward(model_to_run(model), trainer.processing_class, ctx)
+            if result is not None:
+                metrics["task_reward"] = result["task_reward"]
+                info["samples"] = result["samples"]
+                ctx.tracker.log({"task/reward": result["task_reward"]}, step=trainer.state.global_step)
+    return StageResult(metrics=metrics, info=info, rank=rank)
+
+
 def report_data(data: Any, tokenizer: Any, ctx: StageContext, *, max_length: int | None) -> dict[str, Any]:
     """The stage's data report (lengths, duplicates, tokenisation checks): logged, and written into the artifact."""
     from rlft.data.report import data_report, write_report

@@ -33,10 +33,9 @@ from rlft.stages.common import (
     StageResult,
     build_trainer_args,
     convert_data,
+    finish_policy_stage,
     load_data,
     load_policy,
-    measure_task_reward,
-    rank_summary,
     report_data,
 )
 
@@ -133,8 +132,6 @@ def make_trainer(
 
 
 def run(cfg: Config, ctx: StageContext) -> StageResult:
-    from rlft.distributed import gathered_model
-    from rlft.models.tuning import model_to_run, save_model
     from rlft.tracking import namespaced, trainer_callback
 
     trainer, info = make_trainer(cfg, ctx, callbacks=[trainer_callback(ctx.tracker)])
@@ -152,14 +149,4 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         keep = ("eval/loss", *(f"eval/{k}" for k in TRAIN_METRICS))
         metrics.update({k: held_out[k] for k in keep if k in held_out})
 
-    rank = rank_summary(trainer)  # before saving: merging LoRA changes the weights in place
-    model = gathered_model(trainer)  # whole on the main process, also under ZeRO-3/FSDP
-    if model is not None:
-        info["saved"] = save_model(model, trainer.processing_class, ctx.artifact_dir)
-        if cfg.evaluate:
-            result = measure_task_reward(model_to_run(model), trainer.processing_class, ctx)
-            if result is not None:
-                metrics["task_reward"] = result["task_reward"]
-                info["samples"] = result["samples"]
-                ctx.tracker.log({"task/reward": result["task_reward"]}, step=trainer.state.global_step)
-    return StageResult(metrics=metrics, info=info, rank=rank)
+    return finish_policy_stage(cfg, ctx, trainer, metrics=metrics, info=info)

@@ -24,10 +24,9 @@ from rlft.stages.common import (
     StageContext,
     StageResult,
     build_trainer_args,
+    finish_policy_stage,
     load_data,
     load_policy,
-    measure_task_reward,
-    rank_summary,
     report_data,
 )
 
@@ -110,8 +109,6 @@ def _check_truncation(
 
 
 def run(cfg: Config, ctx: StageContext) -> StageResult:
-    from rlft.distributed import gathered_model
-    from rlft.models.tuning import model_to_run, save_model
     from rlft.tracking import trainer_callback
 
     trainer, info = make_trainer(cfg, ctx, callbacks=[trainer_callback(ctx.tracker)])
@@ -128,14 +125,4 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         metrics["eval/loss"] = evals["eval_loss"]
         ctx.tracker.log({"eval/loss": evals["eval_loss"]}, step=trainer.state.global_step)
 
-    rank = rank_summary(trainer)  # before saving: merging LoRA changes the weights in place
-    model = gathered_model(trainer)  # whole on the main process, also under ZeRO-3/FSDP
-    if model is not None:
-        info["saved"] = save_model(model, trainer.processing_class, ctx.artifact_dir)
-        if cfg.evaluate:
-            result = measure_task_reward(model_to_run(model), trainer.processing_class, ctx)
-            if result is not None:
-                metrics["task_reward"] = result["task_reward"]
-                info["samples"] = result["samples"]
-                ctx.tracker.log({"task/reward": result["task_reward"]}, step=trainer.state.global_step)
-    return StageResult(metrics=metrics, info=info, rank=rank)
+    return finish_policy_stage(cfg, ctx, trainer, metrics=metrics, info=info)
