@@ -116,7 +116,8 @@ def model_files_hash(folder: Path) -> str:
     folder = Path(folder)
     h = hashlib.sha256()
     for f in sorted(folder.rglob("*")):
-        if f.is_file() and f.name not in ("stage.json", "metrics.jsonl") and "checkpoints" not in f.parts:
+        logs = {"checkpoints", "wandb", "tensorboard"} & set(f.relative_to(folder).parts)  # not weights
+        if f.is_file() and f.name not in ("stage.json", "metrics.jsonl") and not logs:
             h.update(str(f.relative_to(folder)).encode())
             h.update(sha256_file(f).encode())
     return h.hexdigest()

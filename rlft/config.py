@@ -87,7 +87,7 @@ class ModelSource(Strict):
 
 
 class TrackingConfig(Strict):
-    """Where metrics go. ``metrics.jsonl`` is always written; W&B is optional."""
+    """Where metrics go. ``metrics.jsonl`` is always written; W&B and TensorBoard are optional."""
 
     wandb: Literal["auto", "online", "offline", "disabled"] = (
         "auto"  # auto: online if an API key is set, else offline
@@ -96,6 +96,18 @@ class TrackingConfig(Strict):
     entity: str | None = None  # W&B team or user
     tags: list[str] = []  # W&B tags added to every stage's run
     init_timeout: float = 30.0  # seconds to wait for the W&B server before falling back to offline
+    tensorboard: bool = False  # also write every scalar to <stage folder>/tensorboard/ (needs `tensorboard`)
+
+    @model_validator(mode="after")
+    def _tensorboard_installed(self) -> TrackingConfig:
+        import importlib.util
+
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise ValueError(
+                "the `tensorboard` package is not installed: `pip install tensorboard`, "
+                "or set tracking.tensorboard: false"
+            )
+        return self
 
 
 class EvaluateConfig(Strict):

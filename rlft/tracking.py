@@ -1,9 +1,12 @@
-"""Metrics: always to ``metrics.jsonl``, and to one W&B run per stage when W&B is available.
+"""Metrics: always to ``metrics.jsonl``, to one W&B run per stage when W&B is available, and to a
+TensorBoard event file when ``tracking.tensorboard`` is on.
 
 W&B runs are grouped by pipeline run (``group``) with ``job_type`` = stage kind. With no API
 key W&B runs offline; with a key but no reachable server, ``wandb.init`` would hang, so the wait
-is bounded (``tracking.init_timeout``) and rlft falls back to offline. Only the main process
-logs. Metric names are namespaced: ``train/loss``, ``eval/loss``, ``task/reward``, ...
+is bounded (``tracking.init_timeout``) and rlft falls back to offline. W&B's ``wandb/`` and the
+``tensorboard/`` folder go to the tracker's ``log_dir`` (the stage folder, so that they outlive
+the stage's work folder). Only the main process logs. Metric names are namespaced:
+``train/loss``, ``eval/loss``, ``task/reward``, ...
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rlft.config import TrackingConfig
+from rlft.errors import RlftError
 
 SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 
@@ -39,20 +43,26 @@ def namespaced(logs: dict[str, Any]) -> dict[str, float]:
 
 
 class Tracker:
-    """Writes metrics.jsonl on the main process, and mirrors each record to W&B if a run is open."""
+    """Writes metrics.jsonl on the main process, and mirrors each record to W&B and TensorBoard
+    when they are open. `log_dir` receives `wandb/` and `tensorboard/` (default: beside metrics.jsonl)."""
 
-    def __init__(self, metrics_path: Path, *, main_process: bool = True):
+    def __init__(self, metrics_path: Path, *, main_process: bool = True, log_dir: Path | None = None):
         self.metrics_path = Path(metrics_path)
+        self.log_dir = Path(log_dir) if log_dir is not None else self.metrics_path.parent
         self.main_process = main_process
         self.wandb_run: Any = None
+        self.tensorboard: Any = None  # torch.utils.tensorboard.SummaryWriter, when open
         self.last: dict[str, float] = {}  # latest value of every metric seen
 
     def start_wandb(
         self, cfg: TrackingConfig, *, pipeline: str, run_id: str, stage: str, kind: str, config: dict
     ) -> str:
-        """Open the stage's W&B run. Returns the mode used: online, offline or disabled."""
+        """Open the stage's trackers: the W&B run, and the TensorBoard writer when `cfg.tensorboard`.
+        Returns the W&B mode used: online, offline or disabled."""
         if not self.main_process:
             return "disabled"
+        if cfg.tensorboard:
+            self.start_tensorboard()
         mode = os.environ.get("WANDB_MODE") or cfg.wandb
         if mode == "auto":
             mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
@@ -68,7 +78,7 @@ class Tracker:
             name=f"{pipeline}/{stage}",
             tags=cfg.tags,
             config=config,
-            dir=str(self.metrics_path.parent),
+            dir=str(self.log_dir),
             reinit="finish_previous",
         )
         try:
@@ -86,6 +96,19 @@ class Tracker:
             self.wandb_run = wandb.init(mode=mode, **kwargs)
         return mode
 
+    def start_tensorboard(self) -> None:
+        """Write every logged scalar to an event file in `<log_dir>/tensorboard/` too."""
+        if not self.main_process or self.tensorboard is not None:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # imports the `tensorboard` package
+        except ImportError as e:
+            raise RlftError(
+                f"tracking.tensorboard: cannot write TensorBoard logs ({e}); "
+                "`pip install tensorboard`, or set tracking.tensorboard: false"
+            ) from None
+        self.tensorboard = SummaryWriter(log_dir=str(self.log_dir / "tensorboard"))
+
     def log(self, metrics: dict[str, float], *, step: int) -> None:
         if not self.main_process or not metrics:
             return
@@ -96,6 +119,9 @@ class Tracker:
             f.write(json.dumps(record) + "\n")
         if self.wandb_run is not None:
             self.wandb_run.log(metrics, step=step)
+        if self.tensorboard is not None:
+            for key, value in metrics.items():
+                self.tensorboard.add_scalar(key, value, global_step=step)
 
     def log_table(self, name: str, rows: list[dict[str, Any]], *, step: int) -> None:
         """A table of rows (e.g. sample generations): one JSON line per row in `<name>.jsonl` beside
@@ -115,6 +141,9 @@ class Tracker:
             self.wandb_run.log({name: table}, step=step)
 
     def finish(self, summary: dict[str, Any] | None = None) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
         if self.wandb_run is not None:
             for key, value in (summary or {}).items():
                 self.wandb_run.summary[key] = value
