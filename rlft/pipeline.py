@@ -11,7 +11,9 @@
 A stage is skipped when its stage.json says done with the same config hash and input hashes.
 A stage whose earlier run died resumes from its last trainer checkpoint when its config and
 inputs are unchanged. Each stage runs as `accelerate launch --config_file <launch> -m
-rlft.stages.runner <work>` when it has a launch config, else `python -m rlft.stages.runner <work>`.
+rlft.stages.runner <work>` when it has a launch config, else `python -m rlft.stages.runner <work>`;
+when `rlft run` itself was started under `accelerate launch`, every rank runs each stage
+in-process instead, and rank 0 alone does the file work (rlft/launched.py).
 """
 
 from __future__ import annotations
@@ -62,7 +64,52 @@ def run_pipeline(
     `reuse`: run folders of other runs (earlier points of a sweep). A stage that must run here but
     is done there with the same config hash and input hashes is hard-linked from there instead
     (status "shared"): the same test that skips a finished stage, across folders.
+
+    Under an outer `accelerate launch` (rlft/launched.py) rank 0 walks the stages and the other
+    ranks run the ones it sends them; they return no outcomes.
     """
+    from rlft.launched import World, outer_launch
+
+    options = dict(
+        run_dir=run_dir,
+        only=only,
+        from_stage=from_stage,
+        force=force,
+        launch=launch,
+        console=console,
+        reuse=reuse,
+    )
+    if not outer_launch():
+        return _run_stages(pipeline, **options, world=None)
+    world = World.join()
+    if world.rank != 0:
+        if code := world.follow():
+            raise StageFailed(
+                f"rank {world.rank}: the pipeline failed on rank 0 (exit code {code}); its output says why"
+            )
+        return []
+    code = 1
+    try:
+        outcomes = _run_stages(pipeline, **options, world=world)
+        code = 0
+        return outcomes
+    finally:
+        world.send({"stop": code})
+
+
+def _run_stages(
+    pipeline: Pipeline,
+    *,
+    run_dir: Path | None,
+    only: str | None,
+    from_stage: str | None,
+    force: bool,
+    launch: str | None,
+    console: Any,
+    reuse: list[Path] | tuple[Path, ...],
+    world: Any,
+) -> list[StageOutcome]:
+    """run_pipeline's walk over the stages; `world`: the outer launch's processes, or None."""
     from rich.console import Console
 
     console = console or Console(width=None if sys.stdout.isatty() else 120)  # logs: no 80-column squeeze
@@ -139,10 +186,21 @@ def run_pipeline(
             console.print(
                 f"[yellow]resuming[/]: {stage.name} from {Path(resume_from).name} (an earlier run died)"
             )
-        command = stage_command(launch or stage.launch, work, base_dir=pipeline.base_dir)
-        console.print(f"[dim]$ {' '.join(command)}[/]")
-        (work / "stage.log").write_text(f"$ {' '.join(command)}\n")
-        code = _stream(command, work / "stage.log")
+        if world is None:
+            command = stage_command(launch or stage.launch, work, base_dir=pipeline.base_dir)
+            console.print(f"[dim]$ {' '.join(command)}[/]")
+            (work / "stage.log").write_text(f"$ {' '.join(command)}\n")
+            code = _stream(command, work / "stage.log")
+        else:
+            if launch or stage.launch:
+                console.print(
+                    f"[yellow]note[/]: {stage.name}: launch {launch or stage.launch} ignored: rlft runs inside "
+                    f"an outer launch ({world.size} processes), which decides the processes"
+                )
+            (work / "stage.log").write_text(
+                f"# in-process, on every rank of the outer launch ({world.size})\n"
+            )
+            code = world.run_stage(work)
         record = (
             read_json(run_dir / stage.name / "stage.json") if code == 0 else read_json(work / "stage.json")
         )
