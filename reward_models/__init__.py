@@ -7,7 +7,7 @@ Every reward function has one signature: ``f(prompts, completions, **fields) -> 
 - ``build_reward``: one of these, or a weighted sum of them, from a YAML spec (composite.py)
 
 Importing this package loads neither torch nor transformers (nor anything from rlft): a reward
-model imports them when it loads.
+model imports them when it loads (and rlft's peft support, for a learned prompt).
 """
 
 from reward_models.composite import CompositeReward, RewardSpecError, build_reward, check_spec

@@ -30,6 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from reward_models.prompt import attach_prompt
+
 STATS_FILE = "reward_stats.json"  # {"mean": float, "std": float, "n": int}, written by the reward stage
 
 Message = dict[str, Any]
@@ -157,6 +159,12 @@ class RewardModel:
                 f"{' ...' if len(missing) > 5 else ''}; these would be random. Save the whole "
                 "sequence-classification model (score head included; a LoRA adapter merged first)"
             )
+        try:
+            model = attach_prompt(
+                model, folder
+            )  # a prompt/prefix-tuned reward stage keeps its prompt in adapter/
+        except ValueError as e:
+            raise RewardModelError(f"reward model '{path}': {e}") from None
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return cls(
             model.to(device),

@@ -27,15 +27,14 @@ def greedy_completions(
     left-padded, so every prompt ends where generation starts; the tokenizer's padding side is
     restored afterwards. Generation stops at the tokenizer's eos token.
 
-    A model carrying a peft prompt (prompt/prefix tuning) is decoded by `_greedy_full_forward`,
-    not `generate`, on batches of equal-length prompts (no padding). peft 0.21's `generate` for
-    prompt learning does not fit transformers 5: it looks for the KV cache under
-    `past_key_values` (transformers 5 passes `cache`), so with the cache each step sees the
-    prompt and the last token only; without it, prefix tuning gets the wrong positions. And peft
-    drops `position_ids` for prompt tuning, so left padding would shift the real tokens against
-    the virtual ones. Recomputing the whole sequence at each step is slower, and right.
+    A model carrying a peft prompt (prompt/prefix tuning) generates through
+    `rlft.models.prompt_learning` (peft's own generate is wrong for it under transformers 5),
+    which rlft puts on every such model it makes or loads; `fix_prompt_learning` here covers a
+    model built by hand.
     """
     import torch
+
+    from rlft.models.prompt_learning import fix_prompt_learning
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = [_encode(tokenizer, p) for p in prompts]
@@ -43,25 +42,21 @@ def greedy_completions(
     was_training, padding_side = model.training, tokenizer.padding_side
     model.eval()
     tokenizer.padding_side = "left"
-    prompt_learning = _has_prompt(model)
+    fix_prompt_learning(model)
     try:
         with torch.inference_mode():
-            for indices in _batches([len(ids) for ids in encoded], batch_size, pad_free=prompt_learning):
+            for start in range(0, len(encoded), batch_size):
+                indices = list(range(start, min(start + batch_size, len(encoded))))
                 batch = tokenizer.pad({"input_ids": [encoded[i] for i in indices]}, return_tensors="pt")
                 input_ids = batch["input_ids"].to(model.device)  # (B, T)
-                if prompt_learning:
-                    out = _greedy_full_forward(
-                        model, input_ids, max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_token_id
-                    )
-                else:
-                    out = model.generate(
-                        input_ids=input_ids,
-                        attention_mask=batch["attention_mask"].to(model.device),
-                        do_sample=False,
-                        max_new_tokens=max_new_tokens,
-                        pad_token_id=pad_id,
-                        eos_token_id=tokenizer.eos_token_id,
-                    )
+                out = model.generate(
+                    input_ids=input_ids,
+                    attention_mask=batch["attention_mask"].to(model.device),
+                    do_sample=False,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=pad_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                )
                 new_tokens = out[:, input_ids.shape[1] :].tolist()  # (B, A)
                 for i, ids in zip(indices, new_tokens, strict=True):
                     completions[i] = _decode(tokenizer, ids)
@@ -100,40 +95,6 @@ def task_reward(
         for p, c, r in zip(prompts[:5], completions[:5], rewards[:5], strict=True)
     ]
     return {"task_reward": sum(rewards) / len(rewards), "n": len(rows), "samples": samples}
-
-
-def _greedy_full_forward(model: Any, input_ids: Any, *, max_new_tokens: int, eos_id: int) -> Any:
-    """Greedy decoding by whole-sequence forward passes, for unpadded rows: (B, T) -> (B, T + A).
-
-    Rows that reached eos keep getting tokens until every row has (decoding stops at eos anyway).
-    """
-    import torch
-
-    done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)  # (B,)
-    for _ in range(max_new_tokens):
-        logits = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)).logits  # (B, T', V)
-        next_ids = logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
-        input_ids = torch.cat([input_ids, next_ids], dim=1)
-        done |= next_ids[:, 0] == eos_id
-        if bool(done.all()):
-            break
-    return input_ids
-
-
-def _batches(lengths: list[int], batch_size: int, *, pad_free: bool) -> list[list[int]]:
-    """Indices of each batch: consecutive, or (pad_free) grouped by equal length."""
-    if not pad_free:
-        return [list(range(s, min(s + batch_size, len(lengths)))) for s in range(0, len(lengths), batch_size)]
-    groups: dict[int, list[int]] = {}
-    for i, n in enumerate(lengths):
-        groups.setdefault(n, []).append(i)
-    return [g[s : s + batch_size] for g in groups.values() for s in range(0, len(g), batch_size)]
-
-
-def _has_prompt(model: Any) -> bool:
-    """Whether the model is a PeftModel with a prompt-learning adapter (prompt or prefix tuning)."""
-    config = getattr(model, "active_peft_config", None)
-    return bool(getattr(config, "is_prompt_learning", False))
 
 
 def _encode(tokenizer: Any, prompt: Prompt) -> list[int]:

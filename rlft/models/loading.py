@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib.util
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,9 @@ def load_reference(
     return model
 
 
+PEFT_TASKS = {"AutoModelForCausalLM": "CAUSAL_LM", "AutoModelForSequenceClassification": "SEQ_CLS"}
+
+
 def _with_kept_adapter(model: Any, resolved: ResolvedModel, *, auto_class: str, log) -> Any:
     """Re-attach the prompt an rlft prompt/prefix-tuning artifact keeps in adapter/ (no-op otherwise)."""
     from rlft.models.tuning import attach_kept_adapter, kept_adapter
@@ -196,10 +200,13 @@ def _with_kept_adapter(model: Any, resolved: ResolvedModel, *, auto_class: str, 
     folder = Path(resolved.name_or_path) / resolved.kwargs.get("subfolder", "")
     if resolved.gguf_file or not folder.is_dir() or kept_adapter(folder) is None:
         return model
-    if auto_class != "AutoModelForCausalLM":
+    task = json.loads((kept_adapter(folder) / "adapter_config.json").read_text()).get("task_type")
+    wanted = PEFT_TASKS.get(auto_class)
+    if task != wanted:
         log(
-            f"WARNING: {resolved.description} keeps a learned prompt (prompt/prefix tuning) that peft cannot put on "
-            f"a {auto_class.removeprefix('AutoModelFor')} model: this model starts from its base weights, without it"
+            f"WARNING: {resolved.description} keeps a learned prompt (prompt/prefix tuning) for a {task} model that "
+            f"peft cannot put on a {auto_class.removeprefix('AutoModelFor')} model: this model starts from its base "
+            "weights, without it"
         )
         return model
     log(f"{resolved.description}: re-attaching its learned prompt from {kept_adapter(folder)}")

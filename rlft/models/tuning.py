@@ -18,7 +18,10 @@ stage's reference is exactly this stage's model (DESIGN.md decision 4). Prompt a
 cannot merge (their virtual tokens are extra inputs, not a weight update): the root holds the
 frozen base and ``adapter/`` the PEFT prompt, which ``rlft.models.loading.load_causal_lm``
 re-attaches whenever the folder is loaded as a starting model (``{from: STAGE}`` or a path).
-``from_pretrained`` on such a folder alone gives the base without its prompt.
+``from_pretrained`` on such a folder alone gives the base without its prompt. On a reward
+model (a sequence classifier) the root also holds the trained score head, which is a weight.
+peft's own forward and generate are wrong for these methods under transformers 5; the models
+get rlft's (``rlft.models.prompt_learning``) wherever they are made or loaded.
 """
 
 from __future__ import annotations
@@ -235,10 +238,12 @@ def apply_prompt(model: Any, cfg: PromptTuning | PrefixTuning, *, task_type: str
     """Prompt or prefix tuning; on a model that already carries a prompt of the same kind, train that one."""
     from peft import PeftModel, PrefixTuningConfig, PromptTuningConfig, PromptTuningInit, get_peft_model
 
-    if task_type != "CAUSAL_LM":
+    from rlft.models.prompt_learning import fix_prompt_learning
+
+    if task_type not in ("CAUSAL_LM", "SEQ_CLS"):
         raise ConfigError(
-            f"tuning.method {cfg.method}: works on generating models only (peft feeds a {task_type} model's "
-            f"head no usable prompt); use one of: {', '.join(m for m in APPLY if m not in PROMPT_METHODS)}"
+            f"tuning.method {cfg.method}: works on causal LMs and sequence classifiers only (not {task_type}); "
+            f"use one of: {', '.join(m for m in APPLY if m not in PROMPT_METHODS)}"
         )
     if isinstance(model, PeftModel):  # the starting artifact's own prompt, re-attached at load
         kept = model.active_peft_config
@@ -249,9 +254,10 @@ def apply_prompt(model: Any, cfg: PromptTuning | PrefixTuning, *, task_type: str
                 f"prompt ({{method: {kept.peft_type.value.lower()}, num_virtual_tokens: {kept.num_virtual_tokens}}}), "
                 "or everything (full), or chosen modules (freeze)"
             )
+        heads = TASK_HEADS.get(task_type, ())
         for name, p in model.named_parameters():
-            p.requires_grad_("prompt_encoder" in name)
-        return model
+            p.requires_grad_("prompt_encoder" in name or any(f".{h}.modules_to_save." in name for h in heads))
+        return fix_prompt_learning(model)
 
     if cfg.method == "prompt_tuning":
         peft_cfg = PromptTuningConfig(
@@ -269,7 +275,7 @@ def apply_prompt(model: Any, cfg: PromptTuning | PrefixTuning, *, task_type: str
     model = get_peft_model(model, peft_cfg)
     with _no_grad():
         model.prompt_encoder[model.active_adapter].embedding.weight.copy_(init)
-    return model
+    return fix_prompt_learning(model)
 
 
 APPLY = {
@@ -354,14 +360,28 @@ def save_model(model: Any, tokenizer: Any, out_dir: Path) -> dict[str, Any]:
         tokenizer.save_pretrained(out_dir / ADAPTER_DIR)
         peft_type = model.active_peft_config.peft_type.value.lower()
         if model.active_peft_config.is_prompt_learning:
-            model = model.get_base_model()
-            saved = {"merged": False, "adapter": f"{ADAPTER_DIR}/", "peft": peft_type}
-        else:
-            model = model.merge_and_unload()
-            saved = {"merged": True, "adapter": f"{ADAPTER_DIR}/", "peft": peft_type}
+            state_dict = _folded_heads(model.get_base_model().state_dict(), model.active_adapter)
+            model.get_base_model().save_pretrained(out_dir, state_dict=state_dict, safe_serialization=True)
+            tokenizer.save_pretrained(out_dir)
+            return {"merged": False, "adapter": f"{ADAPTER_DIR}/", "peft": peft_type}
+        model = model.merge_and_unload()
+        saved = {"merged": True, "adapter": f"{ADAPTER_DIR}/", "peft": peft_type}
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return saved
+
+
+def _folded_heads(state_dict: dict[str, Any], adapter: str) -> dict[str, Any]:
+    """A prompt-learning model's base weights with each trained task head (peft keeps it as
+    `score.modules_to_save.<adapter>.weight` beside `score.original_module.weight`) in the head's
+    own place, so that the root loads alone with the trained head."""
+    trained = f".modules_to_save.{adapter}."
+    out = {}
+    for key, value in state_dict.items():
+        if ".original_module." in key or (".modules_to_save." in key and trained not in key):
+            continue
+        out[key.replace(trained, ".")] = value
+    return out
 
 
 def model_to_run(model: Any) -> Any:
@@ -375,14 +395,9 @@ def model_to_run(model: Any) -> Any:
 
 def kept_adapter(folder: str | Path) -> Path | None:
     """The adapter/ of an artifact that keeps its adapter unmerged (prompt/prefix tuning), else None."""
-    import json
+    from reward_models.prompt import kept_prompt
 
-    adapter = Path(folder) / ADAPTER_DIR
-    try:
-        config = json.loads((adapter / "adapter_config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return adapter if config.get("peft_type", "").lower() in PROMPT_METHODS else None
+    return kept_prompt(folder)
 
 
 def attach_kept_adapter(model: Any, folder: str | Path) -> Any:
@@ -397,7 +412,9 @@ def attach_kept_adapter(model: Any, folder: str | Path) -> Any:
         return model
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(model, adapter)
+    from rlft.models.prompt_learning import fix_prompt_learning
+
+    return fix_prompt_learning(PeftModel.from_pretrained(model, adapter))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -566,22 +583,3 @@ def _no_grad():
     import torch
 
     return torch.no_grad()
-
-
-# Methods whose policies cannot sample through peft's `generate` (peft 0.21 + transformers 5.24
-# get the virtual tokens' positions and cache wrong; rlft/evaluation.py decodes them greedily by
-# whole-sequence forward passes instead, which sampling loops like PPO's and TRL's do not).
-NO_SAMPLING = {
-    "prompt_tuning": "peft's generate is wrong for prompt tuning under transformers 5 (see rlft/evaluation.py)",
-    "prefix_tuning": "peft's generate is wrong for prefix tuning under transformers 5 (see rlft/evaluation.py)",
-}
-
-
-def check_sampling_policy(cfg: Any) -> None:
-    """Refuse tuning methods that online stages (PPO, GRPO, RLOO) cannot sample from correctly."""
-    why = NO_SAMPLING.get(cfg.method)
-    if why:
-        methods = sorted(set(APPLY) - set(NO_SAMPLING))
-        raise ValueError(
-            f"tuning.method {cfg.method} cannot be used for a policy that samples: {why}; use one of {', '.join(methods)}"
-        )

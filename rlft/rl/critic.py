@@ -90,6 +90,8 @@ def value_model_from(model: nn.Module) -> tuple[ValueModel, str]:
         model = model.get_base_model()
     body = model.base_model
     score = getattr(model, "score", None)
+    if hasattr(score, "modules_to_save"):  # a prompt-tuned reward model's head, as peft wraps it
+        score = score.modules_to_save[score.active_adapters[0]]
     if isinstance(score, nn.Linear) and score.out_features == 1:
         return ValueModel(body, score), "reward head"
     if score is not None:
@@ -144,13 +146,12 @@ def policy_logits(
 ) -> Tensor:
     """A causal LM's logits over a left-padded sequence: (B, T) -> (B, T', V).
 
-    peft's prompt-learning models take no position ids (they add their virtual tokens in front).
+    T' = T + P for a prompt-tuned policy (its P virtual tokens first; rlft.models.prompt_learning
+    places the real tokens after them whatever the padding), else T.
     """
-    kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
-    config = getattr(model, "active_peft_config", None)
-    if config is None or not config.is_prompt_learning:
-        kwargs["position_ids"] = position_ids
-    return model(**kwargs).logits
+    return model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).logits
 
 
 def disable_dropout(model: nn.Module) -> None:

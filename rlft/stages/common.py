@@ -187,6 +187,7 @@ class Policy:
 def load_policy(cfg: Any, ctx: StageContext) -> Policy:
     """Resolve `cfg.model`, load tokenizer (with its logged fix-ups) and model, apply `cfg.tuning`."""
     from rlft.models.loading import load_tokenizer, resolve_source
+    from rlft.models.prompt_learning import is_prompt_learning
     from rlft.models.tuning import apply_tuning, count_parameters, describe_parameters, tuning_callbacks
     from rlft.reference import load_merged_model
 
@@ -196,10 +197,13 @@ def load_policy(cfg: Any, ctx: StageContext) -> Policy:
     ctx.log(f"model: {resolved.description}")
     tokenizer, fixups = load_tokenizer(resolved, log=ctx.log)
     start = load_merged_model(resolved, dtype=cfg.model.dtype, tokenizer=tokenizer, log=ctx.log)
+    keeps_prompt = is_prompt_learning(start)  # before tuning: a prompt re-attached from the artifact
     model = apply_tuning(start, cfg.tuning, tokenizer=tokenizer)
     params = count_parameters(model)
     ctx.log(describe_parameters(cfg.tuning, params))
     info = {"parameters": params, "tokenizer_fixups": fixups, "model": resolved.description}
+    if keeps_prompt:
+        info["start_keeps_prompt"] = True
     return Policy(start, model, tokenizer, tuning_callbacks(model, cfg.tuning, log=ctx.log), info)
 
 

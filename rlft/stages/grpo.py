@@ -26,7 +26,8 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from rlft.data import DataConfig
-from rlft.models.tuning import FullTuning, TuningConfig, check_sampling_policy
+from rlft.errors import ConfigError
+from rlft.models.tuning import FullTuning, TuningConfig
 from rlft.rewards import RewardSpec
 from rlft.stages.common import (
     StageBase,
@@ -57,7 +58,6 @@ class Config(StageBase):
 
     @model_validator(mode="after")
     def _weights_in_reward(self) -> Config:
-        check_sampling_policy(self.tuning)
         if "reward_weights" in self.trainer:
             raise ValueError("trainer.reward_weights: give each part's weight in reward.sum instead")
         return self
@@ -105,6 +105,12 @@ def make_trainer(
     args = build_trainer_args(
         config_class, cfg, ctx, has_eval=False, defaults={"reward_weights": weights} if weights else {}
     )
+    if policy.info.get("start_keeps_prompt") and args.beta != 0:
+        raise ConfigError(
+            f"stages.{cfg.name}: the starting model keeps a learned prompt (prompt/prefix tuning), and TRL takes a "
+            f"peft policy's reference as the policy with its adapter disabled, which drops that prompt: the KL "
+            f"(beta {args.beta}) would not be to the starting model. Set trainer.beta: 0, or start from a merged artifact"
+        )
     report_data(data, tokenizer, ctx, max_length=None)
     trainer = trainer_class(
         model=model,

@@ -33,7 +33,7 @@ from pydantic import Field, model_validator
 
 from rlft.config import ModelSource, Strict
 from rlft.data import DataConfig
-from rlft.models.tuning import FullTuning, TuningConfig, check_sampling_policy
+from rlft.models.tuning import FullTuning, TuningConfig
 from rlft.rewards import RewardSpec
 from rlft.stages.common import StageBase, StageContext, StageResult, measure_task_reward, report_data
 
@@ -117,7 +117,6 @@ class Config(StageBase):
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
-        check_sampling_policy(self.tuning)
         if (self.steps is None) == (self.total_episodes is None):
             raise ValueError(
                 "give exactly one of steps (PPO updates) and total_episodes (prompts rolled out)"

@@ -19,10 +19,10 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from rlft.data import DataConfig
-from rlft.models.tuning import PROMPT_METHODS, FullTuning, TuningConfig
+from rlft.models.tuning import FullTuning, TuningConfig
 from rlft.stages.common import (
     StageBase,
     StageContext,
@@ -48,15 +48,6 @@ class Config(StageBase):
 
     trainer_config_class = "trl.trainer.reward_config:RewardConfig"
     preference_data = True
-
-    @model_validator(mode="after")
-    def _tuning_for_a_scorer(self) -> Config:
-        if self.tuning.method in PROMPT_METHODS:
-            raise ValueError(
-                f"tuning.method {self.tuning.method}: works on generating models only (peft cannot give a "
-                "reward model's score head a prompt); use full, freeze, lora, dora or adapter"
-            )
-        return self
 
 
 def make_trainer(

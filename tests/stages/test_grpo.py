@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import QUICKSTART_DATA
 
+from rlft.errors import ConfigError
 from rlft.models.tiny import build_tiny_from_texts
 from rlft.stages import grpo, rloo
 from rlft.stages.common import StageContext
@@ -92,6 +93,42 @@ def test_trains_on_a_reward_function_and_saves(module, tmp_path, tiny_model):
     AutoModelForCausalLM.from_pretrained(ctx.artifact_dir)  # a plain HF folder
     if module is rloo:  # RLOO's KL penalty (beta 0.05 by default) is reported as the stage's kl
         assert math.isfinite(result.metrics["kl"])
+
+
+@pytest.mark.parametrize(
+    ("module", "method"),
+    [(grpo, "prefix_tuning"), (rloo, "prompt_tuning")],
+    ids=["grpo-prefix", "rloo-prompt"],
+)
+def test_prompt_methods_sample_and_keep_the_prompt(module, method, tmp_path, tiny_model):
+    """TRL samples through the model's `generate`: rlft's for a prompt (peft's is wrong under transformers 5)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from rlft.models.loading import ResolvedModel, load_causal_lm
+
+    tuning = {"method": method, "num_virtual_tokens": 4, "init_text": "shout"}
+    cfg, ctx = make(module, tmp_path, tiny_model, tuning=tuning)
+    result = module.run(cfg, ctx)
+    assert result.metrics["train/global_step"] == 3
+    assert result.info["saved"] == {"merged": False, "adapter": "adapter/", "peft": method}
+    rewards = [m["train/reward"] for m in read_metrics(ctx.metrics_path) if "train/reward" in m]
+    assert len(rewards) == 3 and all(0.0 <= r <= 1.0 for r in rewards)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
+    root = AutoModelForCausalLM.from_pretrained(ctx.artifact_dir).state_dict()
+    assert all(torch.equal(base[k], root[k]) for k in base)  # only the prompt trained
+    assert isinstance(load_causal_lm(ResolvedModel(str(ctx.artifact_dir))), PeftModel)
+
+    # TRL's reference for a peft policy is "adapter disabled": from a kept prompt, that is not the start
+    trainer = {**cfg.trainer, "beta": 0.05}
+    (tmp_path / "next").mkdir()
+    cfg, ctx = make(module, tmp_path / "next", ctx.artifact_dir, tuning={"method": "full"}, trainer=trainer)
+    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+
+    classes = {grpo: (GRPOTrainer, GRPOConfig), rloo: (RLOOTrainer, RLOOConfig)}[module]
+    with pytest.raises(ConfigError, match="starting model keeps a learned prompt"):
+        grpo.make_trainer(cfg, ctx, trainer_class=classes[0], config_class=classes[1])
 
 
 def test_weighted_sum_goes_to_trl_part_by_part(tmp_path, tiny_model, reward_model):

@@ -188,6 +188,38 @@ def test_lora_policy_uses_the_adapter_disabled_reference_and_saves_merged(tmp_pa
     assert result.info["saved"]["merged"] and (ctx.artifact_dir / "adapter").is_dir()
 
 
+@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
+def test_prompt_methods_sample_and_train_only_the_prompt(tmp_path, tiny_model, method):
+    """A prompt-tuned policy samples through rlft's generate (peft's is wrong under transformers 5):
+    only the prompt changes, the reference is a frozen copy of the start, the prompt is kept."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlft.models.loading import ResolvedModel, load_causal_lm
+    from rlft.models.tuning import PrefixTuning, PromptTuning, apply_tuning
+
+    tuning = {"method": method, "num_virtual_tokens": 4, "init_text": "shout"}
+    cfg, ctx = make(tmp_path, tiny_model, tuning=tuning, steps=3, learning_rate=3e-2)
+    result = ppo.run(cfg, ctx)
+    assert result.info["reference"] == "the starting model (a frozen copy)"
+    assert result.info["saved"] == {"merged": False, "adapter": "adapter/", "peft": method}
+    assert all(math.isfinite(x) for key in ("ppo/kl", "ppo/policy_loss") for x in logged(ctx, key))
+    assert 0 < result.info["parameters"]["trainable"] < 10_000
+    base = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
+    root = AutoModelForCausalLM.from_pretrained(ctx.artifact_dir).state_dict()
+    assert all(torch.equal(base[k], root[k]) for k in base)  # the base is untouched
+    policy = load_causal_lm(ResolvedModel(str(ctx.artifact_dir)))
+    assert isinstance(policy, PeftModel)
+    config = {"prompt_tuning": PromptTuning, "prefix_tuning": PrefixTuning}[method](**tuning)
+    start = apply_tuning(
+        load_causal_lm(ResolvedModel(str(tiny_model))),
+        config,
+        tokenizer=AutoTokenizer.from_pretrained(tiny_model),
+    )
+    weight = "prompt_encoder.default.embedding.weight"
+    assert not torch.allclose(start.state_dict()[weight], policy.state_dict()[weight], atol=1e-4)
+
+
 def test_critic_from_a_reward_model_is_put_on_the_rewards_scale(tmp_path, tiny_model):
     from transformers import AutoModelForSequenceClassification
 

@@ -1,0 +1,130 @@
+"""Forward and generate for peft's prompt-learning models (prompt and prefix tuning) that are right
+under transformers 5, installed on the model by `fix_prompt_learning`.
+
+peft 0.21 gets two things wrong for prompt learning with transformers 5.x:
+
+* positions: peft drops `position_ids` for prompt tuning, so in a left-padded batch a row's real
+  tokens sit at positions shifted by its padding, against virtual tokens at 0..P-1; the same
+  text gives other log-probs padded than alone (RoPE sees another distance to the prompt);
+* generation: peft's `generate` looks for the KV cache under `past_key_values` (transformers 5
+  passes `cache`), so with the cache each step sees the prompt and the last token only.
+
+Sequence classifiers (reward models) have the same trouble with positions, and one more
+(pooling); their forward is in ``reward_models.prompt``, which scores reward artifacts without
+rlft.
+
+Here every forward gives the real tokens positions P + (their index among the real tokens),
+whatever the padding: virtual tokens at 0..P-1 (prompt tuning) or in the cache at 0..P-1 (prefix
+tuning); that is what peft gives an unpadded row. Generation goes through transformers' own
+`generate` on the base model with the prompt in front (`inputs_embeds`) or in the cache
+(`past_key_values`), so sampling, logits processors and stopping criteria are transformers'.
+`fix_prompt_learning` sets both as attributes of the model instance (peft's `disable_adapter`
+swaps `forward` for the base model's and restores ours); models of other methods are untouched.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import torch
+
+from reward_models.prompt import fix_classifier, is_prefix, prompt_inputs, real_positions, virtual_embeddings
+
+Tensor = torch.Tensor
+__all__ = ["fix_prompt_learning", "is_prompt_learning", "real_positions"]
+
+
+def is_prompt_learning(model: Any) -> bool:
+    """Whether `model` is a PeftModel with a prompt-learning adapter (prompt or prefix tuning)."""
+    config = getattr(model, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False))
+
+
+def fix_prompt_learning(model: Any) -> Any:
+    """Give a prompt-learning PeftModel the forward and generate of this module; returns the model.
+
+    A no-op for any other model and when already fixed.
+    """
+    if not is_prompt_learning(model) or getattr(model, "_rlft_prompt_fix", False):
+        return model
+    task = model.active_peft_config.task_type
+    if task == "CAUSAL_LM":
+        model.forward = types.MethodType(_causal_lm_forward, model)
+        model.generate = types.MethodType(_generate, model)
+    elif task == "SEQ_CLS":
+        return fix_classifier(model)
+    else:
+        raise ValueError(
+            f"prompt learning: no forward for peft task type {task} (CAUSAL_LM and SEQ_CLS only)"
+        )
+    model._rlft_prompt_fix = True
+    return model
+
+
+def _causal_lm_forward(
+    self: Any,
+    input_ids: Tensor | None = None,
+    attention_mask: Tensor | None = None,
+    inputs_embeds: Tensor | None = None,
+    labels: Tensor | None = None,
+    position_ids: Tensor | None = None,
+    **kwargs: Any,
+) -> Any:
+    """peft's forward with positions that do not depend on padding. Logits: (B, P + T, V) for prompt
+    tuning (the virtual positions first, as peft returns them), (B, T, V) for prefix tuning."""
+    kwargs.pop("task_ids", None)
+    batch, n_virtual, mask, positions = prompt_inputs(
+        self, input_ids, inputs_embeds, attention_mask, position_ids
+    )
+    base = self.get_base_model()
+    if is_prefix(self):
+        cache = self.get_prompt(batch, max_cache_len=mask.shape[1])
+        return base(
+            input_ids=input_ids,
+            inputs_embeds=inputs_embeds,
+            attention_mask=mask,
+            position_ids=positions + n_virtual,
+            cache=cache,
+            labels=labels,
+            **kwargs,
+        )
+    if inputs_embeds is None:
+        inputs_embeds = self.word_embeddings(input_ids)
+    if labels is not None:
+        ignore = torch.full((batch, n_virtual), -100, dtype=labels.dtype, device=labels.device)
+        labels = torch.cat([ignore, labels], dim=1)
+    virtual = torch.arange(n_virtual, device=positions.device).expand(batch, -1)  # (B, P)
+    return base(
+        inputs_embeds=torch.cat([virtual_embeddings(self, batch, inputs_embeds), inputs_embeds], dim=1),
+        attention_mask=mask,
+        position_ids=torch.cat([virtual, positions + n_virtual], dim=1),
+        labels=labels,
+        **kwargs,
+    )
+
+
+def _generate(self: Any, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs: Any) -> Tensor:
+    """transformers' `generate` on the base model with the prompt in front: (B, T) -> (B, T + A).
+
+    `generate` derives positions from the attention mask (cumsum - 1), which with the virtual
+    tokens' ones in front gives exactly `_causal_lm_forward`'s positions, so a sampled token's
+    log-prob in a later forward is the one it was sampled with. With prompt tuning the prompt
+    goes in as `inputs_embeds` and `generate` returns the new tokens only; they are put after
+    `input_ids` here, as for any model.
+    """
+    kwargs.pop("task_ids", None)
+    batch, _, mask, _ = prompt_inputs(self, input_ids, None, attention_mask, None)
+    base = self.get_base_model()
+    if is_prefix(self):
+        cache = self.get_prompt(batch)
+        return base.generate(input_ids=input_ids, attention_mask=mask, cache=cache, **kwargs)
+    embeds = self.word_embeddings(input_ids)
+    embeds = torch.cat([virtual_embeddings(self, batch, embeds), embeds], dim=1)
+    out = base.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+    if isinstance(out, torch.Tensor):
+        return torch.cat([input_ids, out.to(input_ids.device)], dim=1)
+    out.sequences = torch.cat(
+        [input_ids, out.sequences.to(input_ids.device)], dim=1
+    )  # return_dict_in_generate
+    return out
