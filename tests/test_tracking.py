@@ -135,11 +135,6 @@ def wandb_run_contents(run_file: Path) -> tuple:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="rlft/stages/runner.py must build its Tracker with log_dir=work / 'artifact' (the stage folder); "
-    "until then wandb/ stays in .work/<stage>/, which the pipeline deletes when the stage is done",
-)
 def test_pipeline_writes_one_offline_wandb_run_per_stage(tmp_path, monkeypatch):
     """SFT then DPO with `tracking: {wandb: offline}`: each stage folder holds its offline run, grouped by
     pipeline run, job_type = kind, with the stage's metrics in its history."""

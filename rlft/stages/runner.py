@@ -42,7 +42,7 @@ def main(work_dir: str) -> int:
         evaluate=EvaluateConfig.model_validate(plan["evaluate"]) if plan.get("evaluate") else None,
         tracking=TrackingConfig.model_validate(plan["tracking"]),
         resume_from=plan.get("resume_from"),
-        tracker=Tracker(work / "metrics.jsonl", main_process=main_process),
+        tracker=Tracker(work / "metrics.jsonl", main_process=main_process, log_dir=work / "artifact"),
     )
     record = {
         "stage": cfg.name,
