@@ -248,3 +248,31 @@ def test_deepspeed_on_two_cpu_processes_saves_whole_weights(
         shapes = {k: tuple(f.get_tensor(k).shape) for k in f.keys()}
     assert shapes["model.embed_tokens.weight"][1] == 32 and all(0 not in s for s in shapes.values())
     assert not any("lora" in k for k in shapes)  # adapters merged into whole weights
+
+
+@pytest.mark.parametrize(
+    "tuning",
+    [
+        "{method: freeze, last_n_blocks: 1, unfreeze_every: 2}",
+        "{method: prompt_tuning, num_virtual_tokens: 4}",
+    ],
+    ids=["gradual-unfreezing", "prompt-tuning"],
+)
+def test_tuning_methods_keep_two_ddp_processes_in_step(tmp_path, write_pipeline, tuning):
+    """Under DDP both ranks end with one model: parameters unfrozen mid-run (gradual unfreezing) are
+    synchronised too, and a prompt-tuned model (rlft's forward on the PeftModel) trains through DDP."""
+    text = write_pipeline(
+        sft_trainer="{max_steps: 5, logging_steps: 1, per_device_train_batch_size: 4, learning_rate: 0.01}"
+    ).read_text()
+    path = tmp_path / "ddp.yaml"
+    path.write_text(
+        text.replace("stages:", "launch: cpu_2proc\nstages:").replace(
+            "kind: sft\n", f"kind: sft\n    tuning: {tuning}\n"
+        )
+    )
+    run_dir = tmp_path / "run"
+    run_pipeline(load_pipeline(path), run_dir=run_dir)
+    assert stage_json(run_dir, "sft")["world_size"] == 2
+    ranks = [json.loads((run_dir / "sft" / "ranks" / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["losses"] == ranks[1]["losses"] and len(ranks[0]["losses"]) == 5
+    assert ranks[0]["param_checksum"] == ranks[1]["param_checksum"]  # the same weights on both ranks
