@@ -95,9 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser(
         "validate",
         help="check pipeline files without running anything",
-        description="Check pipeline files: keys, types, stage references and trainer keys. Runs nothing.",
+        description=(
+            "Check pipeline files: keys, types, stage references and trainer keys, and each stage against its "
+            "launch config (known-bad combinations, each with its reason and source: rlft/launch_rules.py). "
+            "Runs nothing."
+        ),
     )
     validate.add_argument("pipelines", type=Path, nargs="+", help="pipeline YAML files")
+    validate.add_argument(
+        "--launch",
+        metavar="NAME|PATH",
+        help="check every stage with this accelerate config (as rlft run --launch)",
+    )
 
     quick = sub.add_parser(
         "quickstart",
@@ -309,10 +318,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from rlft.config import load_pipeline
+    from rlft.launch_rules import check_launch_rules
 
     console = Console()
     for path in args.pipelines:
         pipeline = load_pipeline(path)
+        check_launch_rules(pipeline, launch=args.launch)
         table = Table(title=f"{path}: ok ({pipeline.name})", title_justify="left")
         for col in ("stage", "kind", "model", "tuning", "launch"):
             table.add_column(col)
@@ -323,7 +334,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 s.kind,
                 s.model.describe() if s.model else "-",
                 tuning.method if tuning else "-",
-                s.launch or "python -m",
+                args.launch or s.launch or "python -m",
             )
         console.print(table)
     return 0
@@ -337,6 +348,8 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise RlftError(f"{path} not found: the quickstart runs from a clone of the rlft repository")
     outcomes = run_pipeline(load_pipeline(path), run_dir=args.run_dir, force=args.force, launch=args.launch)
+    if not outcomes:
+        return 0  # a rank other than 0 of an outer `accelerate launch`: rank 0 reports
     metrics = {o.name: o.record.get("metrics") or {} for o in outcomes}
     line = " -> ".join(
         f"{n} {m['task_reward']:.1%}" for n, m in metrics.items() if m.get("task_reward") is not None

@@ -140,9 +140,11 @@ def _clean_up() -> None:
     accumulation), keeping the process group; free its memory. A child process would just exit."""
     import torch
     from accelerate.state import AcceleratorState, GradientState
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     AcceleratorState._reset_state(reset_partial_state=True)  # the group stays; the next PartialState finds it
     GradientState._reset_state()
+    unset_hf_deepspeed_config()  # else the next stage's from_pretrained would partition its model (ZeRO-3)
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -68,8 +68,10 @@ def run_pipeline(
     Under an outer `accelerate launch` (rlft/launched.py) rank 0 walks the stages and the other
     ranks run the ones it sends them; they return no outcomes.
     """
+    from rlft.launch_rules import check_launch_rules
     from rlft.launched import World, outer_launch
 
+    check_launch_rules(pipeline, launch=launch)  # known-bad stage x launch combinations, before any work
     options = dict(
         run_dir=run_dir,
         only=only,

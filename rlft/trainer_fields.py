@@ -14,6 +14,7 @@ import difflib
 import importlib.util
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 # Re-exports that `from PACKAGE import Name` hides behind lazy __init__ files.
 _REEXPORTS = {("transformers", "TrainingArguments"): "transformers.training_args"}
@@ -71,6 +72,51 @@ def _ast_fields(module: str, name: str, depth: int = 0) -> set[str]:
             continue
         fields |= _ast_fields(_import_source(tree, module, base.id), base.id, depth + 1)
     return fields
+
+
+MISSING = object()  # a field default that is not a literal (a factory, a computed value), or no such field
+
+
+def field_default(class_path: str, key: str) -> Any:
+    """The default of field `key` of `class_path` ("module:Class"), read from its source as
+    `key: T = value` or `key: T = field(default=value)`; MISSING when it is not a literal.
+    Defaults that `__post_init__` changes afterwards are not seen (TRL's `bf16`): ask only for
+    plain values (learning rate, batch size, Adam settings)."""
+    module, name = class_path.split(":")
+    try:
+        return _ast_default(module, name, key)[1]
+    except (OSError, SyntaxError, ValueError, AttributeError):
+        return MISSING
+
+
+def _ast_default(module: str, name: str, key: str, depth: int = 0) -> tuple[bool, Any]:
+    """(whether `name` or a base class declares `key`, its literal default or MISSING)."""
+    if depth > 8:
+        raise ValueError("base class chain too deep")
+    tree = _parsed(module)
+    cls = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name), None)
+    if cls is None:
+        raise ValueError(f"{name} not defined in {module}")
+    for n in cls.body:
+        if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name) and n.target.id == key:
+            value = n.value
+            if isinstance(value, ast.Call) and ast.unparse(value.func).split(".")[-1] == "field":
+                value = next((k.value for k in value.keywords if k.arg == "default"), None)
+            try:
+                return True, ast.literal_eval(value) if value is not None else MISSING
+            except (ValueError, TypeError, SyntaxError):
+                return True, MISSING
+    for base in cls.bases:
+        if isinstance(base, ast.Name):
+            found, value = _ast_default(_import_source(tree, module, base.id), base.id, key, depth + 1)
+            if found:
+                return found, value
+    return False, MISSING
+
+
+@cache
+def _parsed(module: str) -> ast.Module:
+    return ast.parse(_module_file(module).read_text())
 
 
 def _module_file(module: str) -> Path:

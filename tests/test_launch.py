@@ -36,6 +36,12 @@ def test_shipped_names_resolve_and_validate(name, tmp_path):
     assert main(["validate", str(pipeline)]) == 0
 
 
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(REPO_ROOT)))
+def test_quickstart_validates_with_every_shipped_launch_config(config):
+    """No launch rule (rlft/launch_rules.py) refuses a shipped config with the quickstart's stages."""
+    assert main(["validate", str(REPO_ROOT / "configs" / "quickstart.yaml"), "--launch", str(config)]) == 0
+
+
 def test_unknown_launch_config_lists_the_shipped_ones(tmp_path):
     with pytest.raises(ConfigError, match="no such accelerate config.*shipped: cpu, cpu_2proc"):
         find_launch_config("zero4", base_dir=tmp_path)

@@ -22,6 +22,7 @@ def accelerate_run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """`accelerate launch --config_file launch/cpu_2proc.yaml -m rlft run ARGS` (two CPU processes)."""
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
     command = [accelerate, "launch", "--config_file", str(REPO / "launch" / "cpu_2proc.yaml")]
+    command += ["--main_process_port", "0"]  # a free port: other runs on this machine may hold 29500
     return subprocess.run(
         [*command, "-m", "rlft", "run", *args],
         cwd=cwd,
@@ -67,12 +68,14 @@ def test_pipeline_under_accelerate_launch_trains_on_two_ranks_and_skips_when_don
     # As launch/multinode/slurm.sh runs one stage: `... -m rlft run PIPELINE --only STAGE`.
     first = accelerate_run(str(pipeline), "--run-dir", str(run_dir), "--only", "sft", cwd=tmp_path)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert "launch cpu_2proc ignored" in first.stdout
+    assert "launch cpu_2proc ignored" in first.stdout, first.stdout[-3000:]
     assert statuses(run_dir) == {"sft": "ran", "dpo": "not run"}
 
     second = accelerate_run(str(pipeline), "--run-dir", str(run_dir), cwd=tmp_path)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert statuses(run_dir) == {"sft": "skipped", "dpo": "ran"}  # rank 1 did not train sft again
+    assert statuses(run_dir) == {"sft": "skipped", "dpo": "ran"}, second.stdout[
+        -3000:
+    ]  # rank 1 did not train sft
 
     for stage, steps in (("sft", 3), ("dpo", 2)):
         record = json.loads((run_dir / stage / "stage.json").read_text())
@@ -101,7 +104,7 @@ def test_pipeline_under_accelerate_launch_trains_on_two_ranks_and_skips_when_don
     mtime = (run_dir / "dpo" / "stage.json").stat().st_mtime
     third = accelerate_run(str(pipeline), "--run-dir", str(run_dir), cwd=tmp_path)
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
-    assert statuses(run_dir) == {"sft": "skipped", "dpo": "skipped"}
+    assert statuses(run_dir) == {"sft": "skipped", "dpo": "skipped"}, third.stdout[-3000:]
     assert (run_dir / "dpo" / "stage.json").stat().st_mtime == mtime
 
 

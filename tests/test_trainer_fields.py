@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from rlft.trainer_fields import _ast_fields, check_trainer_keys, imported_fields
+from rlft.trainer_fields import _ast_fields, check_trainer_keys, field_default, imported_fields
 
 CLASSES = [
     "trl.trainer.sft_config:SFTConfig",
@@ -22,6 +22,27 @@ CLASSES = [
 def test_ast_fields_match_dataclass_fields(class_path):
     module, name = class_path.split(":")
     assert _ast_fields(module, name) == imported_fields(class_path)
+
+
+@pytest.mark.parametrize("class_path", CLASSES)
+def test_ast_defaults_match_dataclass_defaults(class_path):
+    """The plain defaults that `rlft validate` compares with a DeepSpeed JSON (rlft/launch_rules.py)."""
+    import dataclasses
+    import importlib
+
+    module, name = class_path.split(":")
+    defaults = {f.name: f.default for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
+    for key in (
+        "learning_rate",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "max_grad_norm",
+        "adam_beta1",
+        "adam_beta2",
+        "adam_epsilon",
+        "weight_decay",
+    ):
+        assert field_default(class_path, key) == defaults[key], key
 
 
 def test_check_trainer_keys_suggests():
