@@ -178,11 +178,13 @@ def sample_responses(
     temperature: float,
     eos_token_id: int | list[int],
     pad_token_id: int,
+    synced_gpus: bool = False,
 ) -> Rollout:
     """Sample one response per prompt: (B, P) x 2 -> Rollout with T = P + A, A <= max_new_tokens.
 
     Plain sampling at `temperature` over the whole vocabulary (top_k 0, top_p 1): the log-probs
-    PPO computes must be those of the distribution the tokens came from.
+    PPO computes must be those of the distribution the tokens came from. `synced_gpus`: keep
+    generating until every process is done (a sharded model's forward is a collective).
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 for sampling (got {temperature})")
@@ -196,6 +198,7 @@ def sample_responses(
         max_new_tokens=max_new_tokens,
         eos_token_id=eos_token_id,
         pad_token_id=pad_token_id,
+        synced_gpus=synced_gpus,
     )  # (B, P + A)
     responses = out[:, prompt_ids.shape[1] :]  # (B, A)
     response_mask, ended = response_mask_from_tokens(responses, eos_token_id=eos_token_id)  # (B, A), (B,)

@@ -143,7 +143,7 @@ class Config(StageBase):
 
 def run(cfg: Config, ctx: StageContext) -> StageResult:
     import torch
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedType, set_seed
 
     from rlft.models.loading import resolve_source
     from rlft.rl.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
@@ -193,6 +193,10 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     model, optimizer = accelerator.prepare(model, optimizer)
     reference = place_reference(reference, accelerator, model, adapters_off=adapters_off)
     kl_ctl = make_kl_controller(cfg)
+    # FSDP2 (accelerate's fully_shard) gathers each layer's weights in every forward, a collective:
+    # a process whose responses all ended must keep stepping with the others (transformers only
+    # turns this on by itself for FSDP1 and ZeRO-3, whose weights are gathered for the rollout here).
+    synced = accelerator.distributed_type == DistributedType.FSDP and world > 1
     sampler = PromptSampler(
         len(prompts), batch_size=cfg.rollout_batch_size, seed=cfg.seed, rank=rank, world_size=world
     )
@@ -233,6 +237,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
                 temperature=cfg.temperature,
                 eos_token_id=eos,
                 pad_token_id=pad,
+                synced_gpus=synced,
             )
         completions = decode_responses(tokenizer, rollout)
         scores = score_responses(reward_fn, texts, completions, fields)
