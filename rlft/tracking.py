@@ -152,13 +152,32 @@ class Tracker:
 
 
 def trainer_callback(tracker: Tracker) -> Any:
-    """A transformers TrainerCallback that forwards the trainer's logs to `tracker`."""
+    """A transformers TrainerCallback that forwards the trainer's logs to `tracker`.
+
+    Adds `perf/tokens_per_second`: the growth of TRL's `num_tokens` (input tokens trained on, all
+    processes) per second of wall time since the previous log (or the start of training).
+    """
     from transformers import TrainerCallback
 
     class _Forward(TrainerCallback):
+        def __init__(self) -> None:
+            self.mark: tuple[float, float | None] | None = None  # (time, num_tokens) at the last log
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            # a resumed run's token count is not known until its first log
+            self.mark = (time.perf_counter(), 0.0 if state.global_step == 0 else None)
+
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if state.is_world_process_zero and logs:
-                tracker.log(namespaced(logs), step=state.global_step)
+            if not (state.is_world_process_zero and logs):
+                return
+            metrics = namespaced(logs)
+            tokens = logs.get("num_tokens")
+            if isinstance(tokens, int | float) and self.mark is not None:
+                now, (then, before) = time.perf_counter(), self.mark
+                if before is not None and now > then and tokens > before:
+                    metrics["perf/tokens_per_second"] = (tokens - before) / (now - then)
+                self.mark = (now, float(tokens))
+            tracker.log(metrics, step=state.global_step)
 
     return _Forward()
 

@@ -33,6 +33,32 @@ def test_trainer_keys_are_namespaced():
     }
 
 
+def test_trainer_callback_adds_tokens_per_second(tmp_path, monkeypatch):
+    """perf/tokens_per_second = growth of TRL's num_tokens per second since the last log; a resumed run
+    (its token count before the restart unknown) starts measuring from its first log."""
+    from types import SimpleNamespace
+
+    from rlft import tracking
+    from rlft.tracking import trainer_callback
+
+    clock = iter([10.0, 12.0, 16.0, 100.0, 101.0, 103.0])
+    monkeypatch.setattr(tracking.time, "perf_counter", lambda: next(clock))
+    tracker = Tracker(tmp_path / "metrics.jsonl")
+    callback = trainer_callback(tracker)
+    state = SimpleNamespace(is_world_process_zero=True, global_step=0)
+    callback.on_train_begin(None, state, None)  # t = 10
+    for step, tokens in ((1, 400), (2, 1200)):  # t = 12, 16
+        state.global_step = step
+        callback.on_log(None, state, None, logs={"loss": 1.0, "num_tokens": tokens})
+    state.global_step = 5
+    callback.on_train_begin(None, state, None)  # resumed, t = 100
+    for step, tokens in ((6, 5000), (7, 5600)):  # t = 101, 103
+        state.global_step = step
+        callback.on_log(None, state, None, logs={"loss": 1.0, "num_tokens": tokens})
+    rates = {m["step"]: m.get("perf/tokens_per_second") for m in read_metrics(tmp_path / "metrics.jsonl")}
+    assert rates == {1: 200.0, 2: 200.0, 6: None, 7: 300.0}
+
+
 def test_metrics_jsonl_only_on_main_process(tmp_path):
     main, other = Tracker(tmp_path / "a.jsonl"), Tracker(tmp_path / "b.jsonl", main_process=False)
     for t in (main, other):

@@ -275,7 +275,10 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
             generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1009 + rank),
             on_optimizer_step=scheduler.step,
         )
-        metrics = mean_over_processes(accelerator, step_metrics(exp, train, reward_fn=reward_fn))
+        values = step_metrics(exp, train, reward_fn=reward_fn)
+        values["_tokens"] = rollout.attention_mask.sum()  # real prompt + response tokens of this rollout
+        metrics = mean_over_processes(accelerator, values)
+        tokens = metrics.pop("_tokens") * world
         metrics["ppo/beta"] = kl_ctl.value  # the beta this step's rewards used
         kl_ctl.update(metrics["ppo/kl"], n_steps=cfg.rollout_batch_size * world)
         episodes += cfg.rollout_batch_size * world
@@ -286,6 +289,8 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
             "ppo/lr": scheduler.get_last_lr()[0],
             "ppo/episodes": episodes,
             "perf/seconds_per_step": seconds[-1],
+            "perf/tokens_per_second": tokens
+            / seconds[-1],  # rollout tokens (all processes) per second of step
         }
         ctx.tracker.log(metrics, step=step)
         if step % cfg.sample_every == 0 or step == 1 or step == steps:

@@ -96,6 +96,7 @@ def test_score_rises_on_a_verifiable_reward(tmp_path, tiny_model):
         "ppo/response_length",
         "ppo/beta",
         "perf/seconds_per_step",
+        "perf/tokens_per_second",
     ):
         assert len(logged(ctx, key)) == 30, key
     assert result.metrics["kl"] == logged(ctx, "ppo/kl")[-1] and result.metrics["train/global_step"] == 30

@@ -73,6 +73,8 @@ def test_sft_loss_falls_params_change_artifact_reloads(tmp_path, tiny_model):
     losses = [m["train/loss"] for m in read_metrics(ctx.metrics_path) if "train/loss" in m]
     assert len(losses) >= 5 and all(math.isfinite(x) for x in losses)
     assert losses[-1] < 0.85 * losses[0], losses
+    rates = [m["perf/tokens_per_second"] for m in read_metrics(ctx.metrics_path) if "train/loss" in m]
+    assert len(rates) == len(losses) and all(r > 0 for r in rates)
     assert result.metrics["train/global_step"] == 40
     assert result.info["parameters"]["trainable"] == result.info["parameters"]["total"]
 
