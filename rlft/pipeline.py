@@ -211,6 +211,12 @@ def _run_stages(
             if (work / "ranks").is_dir():  # every process's summary (see rlft.stages.common.rank_summary)
                 shutil.copytree(work / "ranks", run_dir / stage.name / "ranks", dirs_exist_ok=True)
             shutil.rmtree(work, ignore_errors=True)
+            for offline in sorted((run_dir / stage.name / "wandb").glob("offline-run-*")):
+                # W&B printed its sync command with the work folder's path, gone now
+                console.print(
+                    f"{stage.name}: W&B offline run kept in {offline}; upload: wandb sync {offline}",
+                    soft_wrap=True,
+                )
             outcomes.append(StageOutcome(stage.name, stage.kind, "ran", record))
         else:
             failed = StageOutcome(stage.name, stage.kind, "failed", record or {"error": f"exit code {code}"})

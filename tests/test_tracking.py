@@ -161,7 +161,7 @@ def wandb_run_contents(run_file: Path) -> tuple:
 
 
 @pytest.mark.slow
-def test_pipeline_writes_one_offline_wandb_run_per_stage(tmp_path, monkeypatch):
+def test_pipeline_writes_one_offline_wandb_run_per_stage(tmp_path, monkeypatch, capsys):
     """SFT then DPO with `tracking: {wandb: offline}`: each stage folder holds its offline run, grouped by
     pipeline run, job_type = kind, with the stage's metrics in its history."""
     from rlft.pipeline import run_pipeline
@@ -190,6 +190,9 @@ def test_pipeline_writes_one_offline_wandb_run_per_stage(tmp_path, monkeypatch):
     )
     run_dir = tmp_path / "run"
     assert [o.status for o in run_pipeline(load_pipeline(pipeline), run_dir=run_dir)] == ["ran", "ran"]
+    out = capsys.readouterr().out
+    for stage in ("sft", "dpo"):  # where the run is now (W&B's own message names the deleted work folder)
+        assert f"{stage}: W&B offline run kept in {run_dir / stage / 'wandb'}/offline-run-" in out
 
     for stage in ("sft", "dpo"):
         run_files = list((run_dir / stage / "wandb").glob("offline-run-*/run-*.wandb"))
