@@ -23,7 +23,7 @@ import glob
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -264,7 +264,7 @@ def _load_json(resolved: Resolved, source: DataSource, *, key: str, fields: Mapp
     files = [str(p) for p in resolved.files]
     try:
         # parse_agent_traces=False: datasets 5 otherwise rewrites files that look like agent logs.
-        return load_dataset("json", data_files=files, split="train", parse_agent_traces=False)
+        dataset = load_dataset("json", data_files=files, split="train", parse_agent_traces=False)
     except Exception as e:  # datasets wraps pyarrow/JSON errors in several types
         empty = _empty_file(resolved.files, "json")
         if empty:
@@ -272,6 +272,36 @@ def _load_json(resolved: Resolved, source: DataSource, *, key: str, fields: Mapp
         raise DataError(
             f"{key}: could not read {_bad_json_location(resolved.files) or resolved.label}: {_cause(e)}"
         ) from e
+    return _exact_mixed_columns(dataset, resolved.files)
+
+
+def _exact_mixed_columns(dataset: Dataset, files: Sequence[Path]) -> Dataset:
+    """Columns of mixed types with their values as written.
+
+    datasets 5.2 stores a column whose rows hold different types (a string here, a number there)
+    as a `Json` feature, but keeps a string's text unquoted, so a string that spells JSON ("4",
+    "true") comes back as the value it spells (4, True): a valid row would be reported invalid.
+    Such columns are read again from the files with Python's json and stored quoted.
+    """
+    from datasets import Json
+
+    mixed = [name for name, feature in dataset.features.items() if isinstance(feature, Json)]
+    if not mixed:
+        return dataset
+    rows: list[dict] = []
+    for path in files:
+        text = Path(path).read_text(encoding="utf-8")
+        if text.lstrip().startswith("["):
+            rows += json.loads(text)
+        else:
+            rows += [json.loads(line) for line in text.splitlines() if line.strip()]
+    if len(rows) != len(dataset):  # not a layout read here (e.g. one object per file): leave it
+        return dataset
+    order = list(dataset.column_names)
+    for name in mixed:
+        values = [json.dumps(row.get(name) if isinstance(row, dict) else None) for row in rows]
+        dataset = dataset.remove_columns(name).add_column(name, values, feature=Json())
+    return dataset.select_columns(order)
 
 
 def _load_csv(resolved: Resolved, source: DataSource, *, key: str, fields: Mapping[str, str]) -> Dataset:

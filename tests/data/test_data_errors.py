@@ -69,8 +69,6 @@ def message(tmp_path, train, **kwargs) -> str:
 
 # --- row errors: file, row, line, field, reason --------------------------------------------------
 
-# Answers are words, not "4": datasets 5.2 reads a string that is itself valid JSON ("4", "true") in a
-# column of mixed types (here: one bad row holds a number) as the value it spells.
 GOOD_PC = {"prompt": "2+2=", "completion": "four"}
 GOOD_PREF = {"prompt": "2+2=", "chosen": "four", "rejected": "five"}
 
@@ -258,6 +256,27 @@ def test_implicit_prompt_in_plain_text_is_refused(tmp_path):
 
 
 # --- on_invalid: skip -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["jsonl", "json"])
+def test_strings_that_spell_json_stay_strings_beside_a_bad_row(tmp_path, layout):
+    """datasets 5.2 stores a mixed-type column (a number among strings) without quoting the strings,
+    so "4" and "true" would come back as 4 and True and be reported as bad rows: they must not."""
+    rows = [
+        {"prompt": "2+2=", "completion": "4"},
+        {"prompt": "q", "completion": 4},  # the bad row: a number
+        {"prompt": "is it?", "completion": "true"},
+        {"prompt": "none?", "completion": "null"},
+    ]
+    path = tmp_path / f"d.{layout}"
+    if layout == "json":
+        path.write_text(json.dumps(rows))
+    else:
+        write_jsonl(path, rows)
+    rejects = tmp_path / "rejects.jsonl"
+    data = load(tmp_path, path.name, on_invalid="skip", rejects_path=rejects)
+    assert data.train["completion"] == ["4", "true", "null"]
+    assert [json.loads(line)["row"] for line in rejects.read_text().splitlines()] == [2]
 
 
 def test_skip_writes_exactly_the_bad_rows_to_the_rejects_file(tmp_path):
