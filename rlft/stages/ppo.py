@@ -504,6 +504,10 @@ def load_critic(cfg: Config, ctx: StageContext, *, tokenizer: Any) -> tuple[Any,
         **({"num_labels": 1} if classifier else {}),
     )
     critic, head = value_model_from(loaded)
+    if getattr(loaded, "active_peft_config", None) is not None:  # a kept prompt: a critic has none
+        ctx.log(
+            "critic: starts from the body and head of a prompt/prefix-tuned model, without its learned prompt"
+        )
     if key == "reward" and head == "reward head":
         scale, shift = _reward_scale(cfg, reward_model, resolved.name_or_path)
         critic.head = rescaled_head(critic.head, scale=scale, shift=shift)
