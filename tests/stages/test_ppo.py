@@ -221,13 +221,20 @@ def test_prompt_methods_sample_and_train_only_the_prompt(tmp_path, tiny_model, m
     assert not torch.allclose(start.state_dict()[weight], policy.state_dict()[weight], atol=1e-4)
 
 
-def test_critic_from_a_reward_model_is_put_on_the_rewards_scale(tmp_path, tiny_model):
+@pytest.mark.parametrize("prompt", [False, True], ids=["plain", "prompt-tuned"])
+def test_critic_from_a_reward_model_is_put_on_the_rewards_scale(tmp_path, tiny_model, prompt):
     from transformers import AutoModelForSequenceClassification
+
+    from rlft.models.tuning import PromptTuning, apply_tuning, save_model
 
     rm_dir = tmp_path / "rm"
     rm = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1)
     rm.config.pad_token_id = 0
-    rm.save_pretrained(rm_dir)
+    if prompt:  # a prompt-tuned reward stage's artifact: base + trained head at the root, prompt in adapter/
+        rm = apply_tuning(rm, PromptTuning(num_virtual_tokens=4), task_type="SEQ_CLS")
+        save_model(rm, _tokenizer(tiny_model), rm_dir)
+    else:
+        rm.save_pretrained(rm_dir)
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         if (tiny_model / name).exists():
             (rm_dir / name).write_bytes((tiny_model / name).read_bytes())
@@ -236,8 +243,11 @@ def test_critic_from_a_reward_model_is_put_on_the_rewards_scale(tmp_path, tiny_m
         "sum": [{"path": str(rm_dir), "normalize": True, "weight": 2.0}, {"function": "rewards.py:zero"}]
     }
     cfg, ctx = make(tmp_path, tiny_model, reward=reward, steps=1)
+    logged = []
+    ctx.log = logged.append
     critic, what = ppo.load_critic(cfg, ctx, tokenizer=_tokenizer(tiny_model))
     assert "reward head" in what and "0.5 * score + -0.5" in what  # 2 * (r - 1) / 4
+    assert any("without its learned prompt" in line for line in logged) is prompt
     cfg, ctx = make(tmp_path, tiny_model, reward=reward, steps=1, critic_init="policy")
     assert "fresh head" in ppo.load_critic(cfg, ctx, tokenizer=_tokenizer(tiny_model))[1]
 
