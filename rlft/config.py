@@ -97,6 +97,7 @@ class TrackingConfig(Strict):
     tags: list[str] = []  # W&B tags added to every stage's run
     init_timeout: float = 30.0  # seconds to wait for the W&B server before falling back to offline
     tensorboard: bool = False  # also write every scalar to <stage folder>/tensorboard/ (needs `tensorboard`)
+    log_model: bool = False  # also log each stage's model folder to its W&B run as a `model` artifact
 
     @model_validator(mode="after")
     def _tensorboard_installed(self) -> TrackingConfig:

@@ -20,6 +20,7 @@ from typing import Any
 from rlft.config import TrackingConfig
 from rlft.errors import RlftError
 
+NOT_MODEL = ("checkpoints", "wandb", "tensorboard")  # folders in a stage folder that are not the model
 SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 
 
@@ -52,6 +53,7 @@ class Tracker:
         self.main_process = main_process
         self.wandb_run: Any = None
         self.tensorboard: Any = None  # torch.utils.tensorboard.SummaryWriter, when open
+        self.model_artifact: str | None = None  # the W&B artifact name for the stage's model (log_model)
         self.last: dict[str, float] = {}  # latest value of every metric seen
 
     def start_wandb(
@@ -69,6 +71,8 @@ class Tracker:
         if mode == "disabled":
             return mode
         import wandb
+
+        self.model_artifact = f"{pipeline}-{stage}" if cfg.log_model else None
 
         kwargs = dict(
             project=cfg.project,
@@ -140,15 +144,33 @@ class Tracker:
             table = wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows])
             self.wandb_run.log({name: table}, step=step)
 
-    def finish(self, summary: dict[str, Any] | None = None) -> None:
+    def finish(self, summary: dict[str, Any] | None = None, *, model_dir: Path | None = None) -> None:
+        """Close the trackers; the W&B run gets `summary`, and `model_dir` as an artifact (`log_model`)."""
         if self.tensorboard is not None:
             self.tensorboard.close()
             self.tensorboard = None
         if self.wandb_run is not None:
             for key, value in (summary or {}).items():
                 self.wandb_run.summary[key] = value
+            if model_dir is not None and self.model_artifact:
+                self.wandb_run.log_artifact(self._model_artifact(Path(model_dir)))
             self.wandb_run.finish()
             self.wandb_run = None
+
+    def _model_artifact(self, folder: Path) -> Any:
+        """A W&B `model` artifact of a stage folder's files (not checkpoints, nor the trackers' logs).
+
+        W&B copies the files into its staging area when they are added, so the folder may move
+        (the pipeline renames it into place) before the run is synced.
+        """
+        import wandb
+
+        artifact = wandb.Artifact(self.model_artifact, type="model")
+        for path in sorted(folder.rglob("*")):
+            relative = path.relative_to(folder)
+            if path.is_file() and relative.parts[0] not in NOT_MODEL:
+                artifact.add_file(str(path), name=relative.as_posix())
+        return artifact
 
 
 def trainer_callback(tracker: Tracker) -> Any:

@@ -176,7 +176,7 @@ def test_pipeline_writes_one_offline_wandb_run_per_stage(tmp_path, monkeypatch, 
             name: wb
             model:
               tiny: {{hidden_size: 32, num_layers: 1, num_heads: 2, tokenizer_texts: [{QUICKSTART_DATA}/sft_train.jsonl, {QUICKSTART_DATA}/prefs_train.jsonl]}}
-            tracking: {{wandb: offline, project: rlft-test, tags: [ci]}}
+            tracking: {{wandb: offline, project: rlft-test, tags: [ci], log_model: true}}
             stages:
               - {{name: sft, kind: sft, data: {{train: {QUICKSTART_DATA}/sft_train.jsonl, max_rows: 16}}, trainer: {{max_steps: 2, logging_steps: 1}}}}
               - name: dpo
@@ -207,6 +207,11 @@ def test_pipeline_writes_one_offline_wandb_run_per_stage(tmp_path, monkeypatch, 
             (m["step"], m["train/loss"]) for m in expected
         ]
         assert len(logged) == 2  # logging_steps 1, max_steps 2
+        artifacts = [r.artifact for r in read_wandb_file(run_files[0]) if r.HasField("artifact")]
+        assert [(a.name, a.type) for a in artifacts] == [(f"wb-{stage}", "model")]  # log_model: true
+        files = {entry.path for entry in artifacts[0].manifest.contents}
+        assert {"model.safetensors", "config.json", "tokenizer.json"} <= files
+        assert not any(f.split("/")[0] in ("wandb", "checkpoints", "tensorboard") for f in files)
     assert "rewards/margins" in {key for row in wandb_run_contents(run_files[0])[2] for key in row}
 
 

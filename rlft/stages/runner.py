@@ -83,7 +83,7 @@ def main(work_dir: str) -> int:
     seconds = time.time() - start
     result.info["peak_memory"] = peak_memory()
     ctx.log(describe_peak_memory(result.info["peak_memory"]))
-    ctx.tracker.finish(result.metrics)
+    ctx.tracker.finish(result.metrics, model_dir=ctx.artifact_dir if result.has_model else None)
     rank = int(os.environ.get("RANK", "0"))
     if result.rank:
         write_json_atomic(work / "ranks" / f"rank-{rank}.json", result.rank)
