@@ -11,6 +11,7 @@ the processes already exist, so nothing is spawned:
     exit codes combined (all ranks) <------->  exit codes combined
     rename the artifact, summary.json          receive the next message ...
     send {"stop": exit code}      ---------->  return
+    leave: barrier, process groups down <---->  leave
 
 Rank 0 alone touches the run folder and decides what to skip; the others run exactly the stages
 it sends, so they cannot disagree. The messages go over a gloo group of their own with a long
@@ -100,6 +101,18 @@ class World:
         with tee(work / "stage.log"):
             code = run_here(work)
         return self.worst(code)
+
+    def leave(self) -> None:
+        """Every rank, at the end: wait for the others, then take the process groups down. Left to
+        the interpreter's exit, gloo's threads can abort the process ("terminate called without an
+        active exception", seen when every stage was skipped)."""
+        if self.size == 1:
+            return
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier(group=self.group)
+            dist.destroy_process_group()
 
     def follow(self) -> int:
         """Every rank but 0: run the stages rank 0 sends until it says stop; return its exit code."""

@@ -85,7 +85,9 @@ def run_pipeline(
         return _run_stages(pipeline, **options, world=None)
     world = World.join()
     if world.rank != 0:
-        if code := world.follow():
+        code = world.follow()
+        world.leave()
+        if code:
             raise StageFailed(
                 f"rank {world.rank}: the pipeline failed on rank 0 (exit code {code}); its output says why"
             )
@@ -97,6 +99,7 @@ def run_pipeline(
         return outcomes
     finally:
         world.send({"stop": code})
+        world.leave()
 
 
 def _run_stages(
