@@ -17,7 +17,7 @@ Here every forward gives the real tokens positions P + (their index among the re
 whatever the padding: virtual tokens at 0..P-1 (prompt tuning) or in the cache at 0..P-1 (prefix
 tuning); that is what peft gives an unpadded row. Generation goes through transformers' own
 `generate` on the base model with the prompt in front (`inputs_embeds`) or in the cache
-(`past_key_values`), so sampling, logits processors and stopping criteria are transformers'.
+(`cache`), so sampling, logits processors and stopping criteria are transformers'.
 `fix_prompt_learning` sets both as attributes of the model instance (peft's `disable_adapter`
 swaps `forward` for the base model's and restores ours); models of other methods are untouched.
 """
@@ -29,10 +29,9 @@ from typing import Any
 
 import torch
 
-from reward_models.prompt import fix_classifier, is_prefix, prompt_inputs, real_positions, virtual_embeddings
+from reward_models.prompt import fix_classifier, is_prefix, prompt_inputs, virtual_embeddings
 
 Tensor = torch.Tensor
-__all__ = ["fix_prompt_learning", "is_prompt_learning", "real_positions"]
 
 
 def is_prompt_learning(model: Any) -> bool:
