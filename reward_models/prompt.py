@@ -87,6 +87,42 @@ def virtual_embeddings(model: Any, batch: int, like: Tensor) -> Tensor:
     return model.get_prompt(batch_size=batch).to(like.dtype)  # (B, P, H)
 
 
+def prefixed_inputs(
+    model: Any,
+    input_ids: Tensor | None,
+    inputs_embeds: Tensor | None,
+    attention_mask: Tensor | None,
+    position_ids: Tensor | None,
+) -> dict[str, Any]:
+    """The base model's inputs with the prompt in front, masks and positions covering it.
+
+    Prefix tuning: the input as given, the prefix in the cache, positions P + (real index).
+    Prompt tuning: the virtual embeddings before the input's (`inputs_embeds`, P + T long),
+    positions 0..P-1 for them and P + (real index) for the input.
+    """
+    import torch
+
+    batch, n_virtual, mask, positions = prompt_inputs(
+        model, input_ids, inputs_embeds, attention_mask, position_ids
+    )
+    if is_prefix(model):
+        return {
+            "input_ids": input_ids,
+            "inputs_embeds": inputs_embeds,
+            "attention_mask": mask,
+            "position_ids": positions + n_virtual,
+            "cache": model.get_prompt(batch, max_cache_len=mask.shape[1]),
+        }
+    if inputs_embeds is None:
+        inputs_embeds = model.word_embeddings(input_ids)
+    virtual = torch.arange(n_virtual, device=positions.device).expand(batch, -1)  # (B, P)
+    return {
+        "inputs_embeds": torch.cat([virtual_embeddings(model, batch, inputs_embeds), inputs_embeds], dim=1),
+        "attention_mask": mask,
+        "position_ids": torch.cat([virtual, positions + n_virtual], dim=1),
+    }
+
+
 def classifier_forward(
     self: Any,
     input_ids: Tensor | None = None,
@@ -109,37 +145,22 @@ def classifier_forward(
             "prompt learning on a sequence classifier: labels are not supported; use the logits"
         )
     kwargs.pop("task_ids", None)
-    batch, n_virtual, mask, positions = prompt_inputs(
-        self, input_ids, inputs_embeds, attention_mask, position_ids
-    )
+    inputs = prefixed_inputs(self, input_ids, inputs_embeds, attention_mask, position_ids)
     base = self.get_base_model()
     if is_prefix(self):  # the model pools from input_ids itself
-        cache = self.get_prompt(batch, max_cache_len=mask.shape[1])
-        return base(
-            input_ids=input_ids,
-            inputs_embeds=inputs_embeds,
-            attention_mask=mask,
-            position_ids=positions + n_virtual,
-            cache=cache,
-            **kwargs,
-        )
-    if inputs_embeds is None:
-        inputs_embeds = self.word_embeddings(input_ids)
-    virtual = torch.arange(n_virtual, device=positions.device).expand(batch, -1)  # (B, P)
+        return base(**inputs, **kwargs)
     body = getattr(base, base.base_model_prefix)
-    hidden = body(
-        inputs_embeds=torch.cat([virtual_embeddings(self, batch, inputs_embeds), inputs_embeds], dim=1),
-        attention_mask=mask,
-        position_ids=torch.cat([virtual, positions + n_virtual], dim=1),
-        **kwargs,
-    ).last_hidden_state  # (B, P + T, H)
+    hidden = body(**inputs, **kwargs).last_hidden_state  # (B, P + T, H)
+    n_virtual = self.active_peft_config.num_virtual_tokens
     head = base.score if hasattr(base, "score") else base.classifier
     logits = head(hidden[:, n_virtual:])  # (B, T, num_labels)
     pad_id = base.config.get_text_config().pad_token_id
     if input_ids is not None and pad_id is not None:
         real = input_ids != pad_id
     else:
-        real = mask[:, n_virtual:].bool()
+        real = inputs["attention_mask"][:, n_virtual:].bool()
     index = torch.arange(real.shape[1], device=logits.device)
     last = (index * real.to(logits.device).long()).argmax(-1)  # (B,) the rightmost real token
-    return SequenceClassifierOutputWithPast(logits=logits[torch.arange(batch, device=logits.device), last])
+    return SequenceClassifierOutputWithPast(
+        logits=logits[torch.arange(len(last), device=logits.device), last]
+    )

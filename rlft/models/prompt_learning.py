@@ -29,7 +29,13 @@ from typing import Any
 
 import torch
 
-from reward_models.prompt import fix_classifier, is_prefix, prompt_inputs, virtual_embeddings
+from reward_models.prompt import (
+    fix_classifier,
+    is_prefix,
+    prefixed_inputs,
+    prompt_inputs,
+    virtual_embeddings,
+)
 
 Tensor = torch.Tensor
 
@@ -73,34 +79,11 @@ def _causal_lm_forward(
     """peft's forward with positions that do not depend on padding. Logits: (B, P + T, V) for prompt
     tuning (the virtual positions first, as peft returns them), (B, T, V) for prefix tuning."""
     kwargs.pop("task_ids", None)
-    batch, n_virtual, mask, positions = prompt_inputs(
-        self, input_ids, inputs_embeds, attention_mask, position_ids
-    )
-    base = self.get_base_model()
-    if is_prefix(self):
-        cache = self.get_prompt(batch, max_cache_len=mask.shape[1])
-        return base(
-            input_ids=input_ids,
-            inputs_embeds=inputs_embeds,
-            attention_mask=mask,
-            position_ids=positions + n_virtual,
-            cache=cache,
-            labels=labels,
-            **kwargs,
-        )
-    if inputs_embeds is None:
-        inputs_embeds = self.word_embeddings(input_ids)
-    if labels is not None:
-        ignore = torch.full((batch, n_virtual), -100, dtype=labels.dtype, device=labels.device)
-        labels = torch.cat([ignore, labels], dim=1)
-    virtual = torch.arange(n_virtual, device=positions.device).expand(batch, -1)  # (B, P)
-    return base(
-        inputs_embeds=torch.cat([virtual_embeddings(self, batch, inputs_embeds), inputs_embeds], dim=1),
-        attention_mask=mask,
-        position_ids=torch.cat([virtual, positions + n_virtual], dim=1),
-        labels=labels,
-        **kwargs,
-    )
+    inputs = prefixed_inputs(self, input_ids, inputs_embeds, attention_mask, position_ids)
+    if labels is not None and not is_prefix(self):  # no loss on the virtual tokens
+        ignore = torch.full((labels.shape[0], self.active_peft_config.num_virtual_tokens), -100)
+        labels = torch.cat([ignore.to(labels), labels], dim=1)
+    return self.get_base_model()(**inputs, labels=labels, **kwargs)
 
 
 def _generate(self: Any, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs: Any) -> Tensor:
