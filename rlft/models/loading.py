@@ -198,18 +198,18 @@ def _with_kept_adapter(model: Any, resolved: ResolvedModel, *, auto_class: str, 
     from rlft.models.tuning import attach_kept_adapter, kept_adapter
 
     folder = Path(resolved.name_or_path) / resolved.kwargs.get("subfolder", "")
-    if resolved.gguf_file or not folder.is_dir() or kept_adapter(folder) is None:
+    adapter = None if resolved.gguf_file or not folder.is_dir() else kept_adapter(folder)
+    if adapter is None:
         return model
-    task = json.loads((kept_adapter(folder) / "adapter_config.json").read_text()).get("task_type")
-    wanted = PEFT_TASKS.get(auto_class)
-    if task != wanted:
+    task = json.loads((adapter / "adapter_config.json").read_text()).get("task_type")
+    if task != PEFT_TASKS.get(auto_class):
         log(
             f"WARNING: {resolved.description} keeps a learned prompt (prompt/prefix tuning) for a {task} model that "
             f"peft cannot put on a {auto_class.removeprefix('AutoModelFor')} model: this model starts from its base "
             "weights, without it"
         )
         return model
-    log(f"{resolved.description}: re-attaching its learned prompt from {kept_adapter(folder)}")
+    log(f"{resolved.description}: re-attaching its learned prompt from {adapter}")
     return attach_kept_adapter(model, folder)
 
 
