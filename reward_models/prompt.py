@@ -5,10 +5,13 @@ rlft's reward stage saves such a model as its base (with the trained score head)
 root and the PEFT prompt in ``adapter/``. peft 0.21's own forward for a prompt-tuned sequence
 classifier feeds the model ``inputs_embeds`` only, so the model's pooling cannot find the last
 real token (it reads the last position: padding, in a right-padded batch), and drops
-``position_ids``, so padding shifts a row's tokens against the virtual ones. ``classifier_forward``
+``position_ids``, so padding shifts a row's tokens against the virtual ones. ``prompt_forward``
 gives the real tokens positions P + (their index among the real tokens), whatever the padding,
 and pools at the rightmost real token, as the model itself does without a prompt.
-rlft.models.prompt_learning does the same for generating models and uses the helpers here.
+
+``prompt_forward`` is the one forward of every prompt-learning model rlft makes: a classifier's
+here, and a causal LM's, which rlft.models.prompt_learning installs with a `generate` to match
+(it lives here because reward_models does not import rlft).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ def kept_prompt(folder: str | Path) -> Path | None:
 
 def attach_prompt(model: Any, folder: str | Path) -> Any:
     """`model` (a sequence classifier) with the prompt the folder keeps, scoring through
-    `classifier_forward`; the model as is when the folder keeps none."""
+    `prompt_forward`; the model as is when the folder keeps none."""
     adapter = kept_prompt(folder)
     if adapter is None:
         return model
@@ -46,13 +49,13 @@ def attach_prompt(model: Any, folder: str | Path) -> Any:
         raise ValueError(f"{adapter} holds a prompt for a {task} model, not for a sequence classifier")
     from peft import PeftModel
 
-    return fix_classifier(PeftModel.from_pretrained(model, adapter))
+    return fix_forward(PeftModel.from_pretrained(model, adapter))
 
 
-def fix_classifier(model: Any) -> Any:
-    """Give a prompt-learning PeftModel for SEQ_CLS the forward of this module (once); returns it."""
+def fix_forward(model: Any) -> Any:
+    """Give a prompt-learning PeftModel `prompt_forward` (once); returns it."""
     if not getattr(model, "_rlft_prompt_fix", False):
-        model.forward = types.MethodType(classifier_forward, model)
+        model.forward = types.MethodType(prompt_forward, model)
         model._rlft_prompt_fix = True
     return model
 
@@ -123,7 +126,7 @@ def prefixed_inputs(
     }
 
 
-def classifier_forward(
+def prompt_forward(
     self: Any,
     input_ids: Tensor | None = None,
     attention_mask: Tensor | None = None,
@@ -132,26 +135,43 @@ def classifier_forward(
     position_ids: Tensor | None = None,
     **kwargs: Any,
 ) -> Any:
-    """A sequence classifier's forward (a reward model's score: logits (B, num_labels)) with the prompt.
+    """peft's forward with positions that do not depend on padding, for the model's task:
 
-    Pooling is the model's own rule: the rightmost token that is not padding (from `input_ids`
-    and the model's pad_token_id), else the last position the attention mask keeps.
+    - a causal LM: logits (B, P + T, V) for prompt tuning (the virtual positions first, as peft
+      returns them; no loss on them), (B, T, V) for prefix tuning;
+    - a sequence classifier (a reward model's score): logits (B, num_labels), pooled by the
+      model's own rule: the rightmost token that is not padding (from `input_ids` and the model's
+      pad_token_id), else the last position the attention mask keeps.
     """
     import torch
-    from transformers.modeling_outputs import SequenceClassifierOutputWithPast
 
-    if labels is not None:
+    classifier = self.active_peft_config.task_type == "SEQ_CLS"
+    if classifier and labels is not None:
         raise NotImplementedError(
             "prompt learning on a sequence classifier: labels are not supported; use the logits"
         )
     kwargs.pop("task_ids", None)
     inputs = prefixed_inputs(self, input_ids, inputs_embeds, attention_mask, position_ids)
     base = self.get_base_model()
+    if not classifier:
+        if labels is not None and not is_prefix(self):  # no loss on the virtual tokens
+            ignore = torch.full((labels.shape[0], self.active_peft_config.num_virtual_tokens), -100)
+            labels = torch.cat([ignore.to(labels), labels], dim=1)
+        return base(**inputs, labels=labels, **kwargs)
     if is_prefix(self):  # the model pools from input_ids itself
         return base(**inputs, **kwargs)
+    return _pooled_scores(base, inputs, input_ids, self.active_peft_config.num_virtual_tokens, **kwargs)
+
+
+def _pooled_scores(
+    base: Any, inputs: dict[str, Any], input_ids: Tensor | None, n_virtual: int, **kwargs: Any
+) -> Any:
+    """A prompt-tuned classifier's scores: the body on the prompted inputs, the head at the rightmost real token."""
+    import torch
+    from transformers.modeling_outputs import SequenceClassifierOutputWithPast
+
     body = getattr(base, base.base_model_prefix)
     hidden = body(**inputs, **kwargs).last_hidden_state  # (B, P + T, H)
-    n_virtual = self.active_peft_config.num_virtual_tokens
     head = base.score if hasattr(base, "score") else base.classifier
     logits = head(hidden[:, n_virtual:])  # (B, T, num_labels)
     pad_id = base.config.get_text_config().pad_token_id

@@ -10,8 +10,8 @@ peft 0.21 gets two things wrong for prompt learning with transformers 5.x:
   passes `cache`), so with the cache each step sees the prompt and the last token only.
 
 Sequence classifiers (reward models) have the same trouble with positions, and one more
-(pooling); their forward is in ``reward_models.prompt``, which scores reward artifacts without
-rlft.
+(pooling). The forward of both is ``reward_models.prompt.prompt_forward`` (reward_models scores
+reward artifacts without rlft); this module adds the causal LM's `generate`.
 
 Here every forward gives the real tokens positions P + (their index among the real tokens),
 whatever the padding: virtual tokens at 0..P-1 (prompt tuning) or in the cache at 0..P-1 (prefix
@@ -29,13 +29,7 @@ from typing import Any
 
 import torch
 
-from reward_models.prompt import (
-    fix_classifier,
-    is_prefix,
-    prefixed_inputs,
-    prompt_inputs,
-    virtual_embeddings,
-)
+from reward_models.prompt import fix_forward, is_prefix, prompt_inputs, virtual_embeddings
 
 Tensor = torch.Tensor
 
@@ -54,43 +48,20 @@ def fix_prompt_learning(model: Any) -> Any:
     if not is_prompt_learning(model) or getattr(model, "_rlft_prompt_fix", False):
         return model
     task = model.active_peft_config.task_type
-    if task == "CAUSAL_LM":
-        model.forward = types.MethodType(_causal_lm_forward, model)
-        model.generate = types.MethodType(_generate, model)
-    elif task == "SEQ_CLS":
-        return fix_classifier(model)
-    else:
+    if task not in ("CAUSAL_LM", "SEQ_CLS"):
         raise ValueError(
             f"prompt learning: no forward for peft task type {task} (CAUSAL_LM and SEQ_CLS only)"
         )
-    model._rlft_prompt_fix = True
-    return model
-
-
-def _causal_lm_forward(
-    self: Any,
-    input_ids: Tensor | None = None,
-    attention_mask: Tensor | None = None,
-    inputs_embeds: Tensor | None = None,
-    labels: Tensor | None = None,
-    position_ids: Tensor | None = None,
-    **kwargs: Any,
-) -> Any:
-    """peft's forward with positions that do not depend on padding. Logits: (B, P + T, V) for prompt
-    tuning (the virtual positions first, as peft returns them), (B, T, V) for prefix tuning."""
-    kwargs.pop("task_ids", None)
-    inputs = prefixed_inputs(self, input_ids, inputs_embeds, attention_mask, position_ids)
-    if labels is not None and not is_prefix(self):  # no loss on the virtual tokens
-        ignore = torch.full((labels.shape[0], self.active_peft_config.num_virtual_tokens), -100)
-        labels = torch.cat([ignore.to(labels), labels], dim=1)
-    return self.get_base_model()(**inputs, labels=labels, **kwargs)
+    if task == "CAUSAL_LM":
+        model.generate = types.MethodType(_generate, model)
+    return fix_forward(model)
 
 
 def _generate(self: Any, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs: Any) -> Tensor:
     """transformers' `generate` on the base model with the prompt in front: (B, T) -> (B, T + A).
 
     `generate` derives positions from the attention mask (cumsum - 1), which with the virtual
-    tokens' ones in front gives exactly `_causal_lm_forward`'s positions, so a sampled token's
+    tokens' ones in front gives exactly `prompt_forward`'s positions, so a sampled token's
     log-prob in a later forward is the one it was sampled with. With prompt tuning the prompt
     goes in as `inputs_embeds` and `generate` returns the new tokens only; they are put after
     `input_ids` here, as for any model.
