@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from rlft.data.config import CurateConfig
-from rlft.data.formats import CONVERSATIONAL, detect_format
+from rlft.data.formats import CONVERSATIONAL, detect_format, shared_messages
 from rlft.errors import DataError
 
 if TYPE_CHECKING:
@@ -93,17 +93,6 @@ def iter_rows(ds: Dataset, columns: Sequence[str]) -> Iterator[dict]:
         n = len(batch[columns[0]])
         for j in range(n):
             yield {c: batch[c][j] for c in columns}
-
-
-def shared_messages(chosen: list, rejected: list) -> int:
-    """How many leading messages chosen and rejected share: implicit preference's prompt (exact
-    equality, as TRL's extract_prompt splits)."""
-    n = 0
-    for a, b in zip(chosen, rejected, strict=False):
-        if a != b:
-            break
-        n += 1
-    return n
 
 
 def prompt_and_responses(row: dict, format: str) -> tuple[Any, dict[str, Any]]:

@@ -298,9 +298,9 @@ def _message_keys(messages: list) -> list[tuple[object, str]]:
     return [(m.get("role"), str(m.get("content", "")).strip()) for m in messages]
 
 
-def _shared_messages(chosen: list, rejected: list) -> int:
-    """How many leading messages chosen and rejected share (the implicit prompt). Exact equality,
-    as in TRL's extract_prompt, so the split checked here is the split it makes."""
+def shared_messages(chosen: list, rejected: list) -> int:
+    """How many leading messages chosen and rejected share: an implicit preference's prompt. Exact
+    equality, as in TRL's extract_prompt, so the split checked here is the split it makes."""
     n = 0
     for a, b in zip(chosen, rejected, strict=False):
         if a != b:
@@ -354,7 +354,7 @@ def _implicit_preference(row: Mapping, detected: Detected, style: str) -> Proble
     chosen, rejected = row["chosen"], row["rejected"]
     if _same_answer(chosen, rejected):
         return "rejected", SAME_ANSWER
-    shared = _shared_messages(chosen, rejected)
+    shared = shared_messages(chosen, rejected)
     if shared == 0:
         return "chosen", (
             "shares no leading message with 'rejected': with no 'prompt' column, the prompt is the messages "
