@@ -1,4 +1,7 @@
-"""Verifiable rewards for rlft's shipped tasks: exact checks, no model.
+"""rlft's shipped tasks: how a prompt and its right answer are written, and their verifiable rewards.
+
+The definition of a task is here, once: rlft.tasks (which writes the task's data files) writes
+prompts and answers with these functions, and the reward reads them back with the same ones.
 
 Like every reward function in ``reward_models``: ``f(prompts, completions, **fields) -> list[float]``.
 A prompt or completion is either a string or a conversation (a list of ``{"role", "content"}``
@@ -10,8 +13,23 @@ from __future__ import annotations
 import re
 from typing import Any
 
-# "shout:" then single lowercase letters, each after spaces, up to the end of the line or a special token.
-_SHOUT = re.compile(r"shout:((?:[ \t]+[a-z])+)[ \t]*(?=$|<)", re.MULTILINE)
+# --- the quickstart task: copy a list of letters in upper case (`shout: b q x k` -> `B Q X K`) ---
+
+SHOUT = "shout:"
+
+
+def shout_prompt(letters: list[str]) -> str:
+    """The user's request: `shout: b q x k`."""
+    return f"{SHOUT} {' '.join(letters)}"
+
+
+def shout_answer(letters: list[str]) -> str:
+    """The one right answer: `B Q X K`."""
+    return " ".join(letters).upper()
+
+
+# The prompt's letters: single lowercase letters, each after spaces, up to the end of the line or a special token.
+_SHOUT = re.compile(rf"{re.escape(SHOUT)}((?:[ \t]+[a-z])+)[ \t]*(?=$|<)", re.MULTILINE)
 
 
 def uppercase_copy(prompts: list[Any], completions: list[Any], **fields: Any) -> list[float]:
@@ -35,7 +53,7 @@ def uppercase_copy(prompts: list[Any], completions: list[Any], **fields: Any) ->
         if not matches:
             rewards.append(0.0)
             continue
-        expected = " ".join(matches[-1].split()).upper()
+        expected = shout_answer(matches[-1].split())
         rewards.append(1.0 if _text(completion, "assistant").strip() == expected else 0.0)
     return rewards
 

@@ -1,8 +1,9 @@
 """The quickstart's verifiable task: copy a list of letters in upper case.
 
 The user writes ``shout: b q x k``; the right answer is ``B Q X K``. A list has 3 to 7 letters.
-``reward_models.tasks.uppercase_copy`` checks an answer exactly, so every stage's effect on the
-task can be measured, not guessed.
+How a prompt and its answer are written is defined once, in ``reward_models.tasks`` (this
+module writes the data with it), and ``reward_models.tasks.uppercase_copy`` checks an answer
+exactly against it, so every stage's effect on the task can be measured, not guessed.
 
 The SFT demonstrations are deliberately imperfect, with a *systematic* flaw tied to a prompt
 feature: for lists of ``flaw_min_length`` (5) letters or more, ``flaw_fraction`` (80%) of the
@@ -33,22 +34,16 @@ import string
 from collections.abc import Callable
 from pathlib import Path
 
+from reward_models.tasks import shout_answer as answer_text
+from reward_models.tasks import shout_prompt as prompt_text
+
 MIN_LETTERS = 3
 MAX_LETTERS = 7
-PREFIX = "shout: "
 
 
 def make_letters(rng: random.Random) -> list[str]:
     """A random list of 3-7 lowercase letters (repeats allowed)."""
     return rng.choices(string.ascii_lowercase, k=rng.randint(MIN_LETTERS, MAX_LETTERS))
-
-
-def prompt_text(letters: list[str]) -> str:
-    return PREFIX + " ".join(letters)
-
-
-def answer_text(letters: list[str]) -> str:
-    return " ".join(letters).upper()
 
 
 def user(content: str) -> list[dict[str, str]]:
