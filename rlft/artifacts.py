@@ -85,6 +85,14 @@ def git_commit(cwd: Path | None = None) -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON file's content, or None when it is missing or not valid JSON (a stage that never finished)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def write_json_atomic(path: Path, value: Any) -> None:
     """Write JSON to a temp file beside `path`, then rename: readers never see half a file."""
     path = Path(path)

@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
 from rlft import __version__
 from rlft.errors import RlftError
 
@@ -45,20 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=RUN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("pipeline", type=Path, help="pipeline YAML file")
+    run.add_argument("pipeline", help=PIPELINE_HELP)
     _run_options(run)
-    run.add_argument(
-        "--only", metavar="STAGE", help="run only this stage (the stages it starts from must be done)"
-    )
     run.add_argument("--from", dest="from_stage", metavar="STAGE", help="run this stage and every later one")
-    run.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. stages.sft.trainer.max_steps=50 (VALUE is parsed as YAML); repeatable",
-    )
 
     sweep = sub.add_parser(
         "sweep",
@@ -67,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=SWEEP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sweep.add_argument("pipeline", type=Path, help="pipeline YAML file")
+    sweep.add_argument("pipeline", help=PIPELINE_HELP)
     sweep.add_argument(
         "--grid",
         action="append",
@@ -101,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Runs nothing."
         ),
     )
-    validate.add_argument("pipelines", type=Path, nargs="+", help="pipeline YAML files")
+    validate.add_argument(
+        "pipelines", nargs="+", help="pipeline YAML files, or names of shipped ones (quickstart)"
+    )
     validate.add_argument(
         "--launch",
         metavar="NAME|PATH",
@@ -114,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Build a tiny model and tokenizer from the shipped task data, run the quickstart pipeline "
             "(configs/quickstart.yaml) and print the task reward of greedy generations before and after "
-            "each stage. Same as `rlft run configs/quickstart.yaml`."
+            "each stage. Same as `rlft run quickstart` (the pipeline file rlft ships; a copy is in a clone's "
+            "configs/quickstart.yaml)."
         ),
     )
     _run_options(quick)
@@ -256,8 +246,22 @@ Examples:
 """
 
 
+PIPELINE_HELP = "pipeline YAML file, or the name of one rlft ships (quickstart, examples/smollm2_sft_lora)"
+
+
 def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", type=Path, help="run folder (default: runs/<pipeline name>)")
+    p.add_argument(
+        "--only", metavar="STAGE", help="run only this stage (the stages it starts from must be done)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. stages.sft.trainer.max_steps=50 (VALUE is parsed as YAML); repeatable",
+    )
     p.add_argument("--force", action="store_true", help="re-run stages even when they are done")
     p.add_argument(
         "--launch",
@@ -284,12 +288,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from rlft.config import load_pipeline
-    from rlft.pipeline import run_pipeline
+    from rlft.api import Pipeline
 
-    pipeline = load_pipeline(args.pipeline, overrides=parse_overrides(args.overrides))
-    run_pipeline(
-        pipeline,
+    Pipeline.from_yaml(args.pipeline, overrides=args.overrides).run(
         run_dir=args.run_dir,
         only=args.only,
         from_stage=args.from_stage,
@@ -300,10 +301,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from rlft.pipeline_file import parse_overrides
+    from rlft.resources import find_pipeline_file
     from rlft.sweep import parse_grid, run_sweep
 
     run_sweep(
-        args.pipeline,
+        find_pipeline_file(args.pipeline),
         parse_grid(args.grid),
         overrides=parse_overrides(args.overrides),
         sweep_dir=args.sweep_dir,
@@ -317,13 +320,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from rlft.config import load_pipeline
-    from rlft.launch_rules import check_launch_rules
+    from rlft.api import Pipeline
 
     console = Console()
     for path in args.pipelines:
-        pipeline = load_pipeline(path)
-        check_launch_rules(pipeline, launch=args.launch)
+        pipeline = Pipeline.from_yaml(path).validate(launch=args.launch)
         table = Table(title=f"{path}: ok ({pipeline.name})", title_justify="left")
         for col in ("stage", "kind", "model", "tuning", "launch"):
             table.add_column(col)
@@ -341,25 +342,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    from rlft.config import load_pipeline
-    from rlft.pipeline import REPO_ROOT, run_pipeline
+    from rlft.api import Pipeline
+    from rlft.resources import quickstart_config
 
-    path = REPO_ROOT / "configs" / "quickstart.yaml"
-    if not path.is_file():
-        raise RlftError(f"{path} not found: the quickstart runs from a clone of the rlft repository")
-    outcomes = run_pipeline(load_pipeline(path), run_dir=args.run_dir, force=args.force, launch=args.launch)
-    if not outcomes:
+    results = Pipeline.from_yaml(quickstart_config(), overrides=args.overrides).run(
+        run_dir=args.run_dir, only=args.only, force=args.force, launch=args.launch
+    )
+    if not results:
         return 0  # a rank other than 0 of an outer `accelerate launch`: rank 0 reports
-    metrics = {o.name: o.record.get("metrics") or {} for o in outcomes}
     line = " -> ".join(
-        f"{n} {m['task_reward']:.1%}" for n, m in metrics.items() if m.get("task_reward") is not None
+        f"{r['stage']} {r['task_reward']:.1%}" for r in results if r.get("task_reward") is not None
     )
     print(f"\nquickstart task reward (exact uppercase copies, greedy, held-out prompts): {line}")
-    for name, m in metrics.items():
-        if m.get("reward_accuracy") is not None:
-            print(f"reward model '{name}': held-out pairwise accuracy {m['reward_accuracy']:.1%}")
-        if m.get("kl") is not None:
-            print(f"stage '{name}': final KL from its reference {m['kl']:.3f} nats per response")
+    for r in results:
+        if r.get("reward_accuracy") is not None:
+            print(f"reward model '{r['stage']}': held-out pairwise accuracy {r['reward_accuracy']:.1%}")
+        if r.get("kl") is not None:
+            print(f"stage '{r['stage']}': final KL from its reference {r['kl']:.3f} nats per response")
     return 0
 
 
@@ -398,16 +397,6 @@ def parse_fields(items: list[str]) -> dict[str, str]:
             raise RlftError(f"--field {item}: write CANONICAL=COLUMN, e.g. --field completion=answer")
         fields[canonical] = column
     return fields
-
-
-def parse_overrides(items: list[str]) -> dict[str, object]:
-    overrides = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise RlftError(f"--set {item}: write KEY=VALUE, e.g. stages.sft.trainer.max_steps=50")
-        overrides[key] = yaml.safe_load(value)
-    return overrides
 
 
 def cmd_export(args: argparse.Namespace) -> int:

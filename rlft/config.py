@@ -1,29 +1,20 @@
-"""Pipeline config: YAML -> typed, strict pydantic models.
+"""Config schemas: the typed, strict pydantic models a pipeline file's top level is made of.
 
 A pipeline file has a ``name``, defaults shared by its stages (``model``, ``launch``,
 ``tracking``, ``seed``), an optional ``evaluate`` block (the verifiable task reward measured
-after each stage) and a list of ``stages``, each with a ``kind`` and a unique ``name``.
-Every model forbids unknown keys; errors name the key path and suggest the closest valid key:
+after each stage) and a list of ``stages``, each with a ``kind`` and a unique ``name`` (their
+schemas are the stage kinds' own, in rlft/stages/). Every model forbids unknown keys, and every
+field says what it does in its description: `rlft config show`, `rlft config schema` and the
+errors of rlft/pipeline_file.py (which reads YAML into these models) come from them.
 
-    stages[1].trainer.learning_rte: unknown key; did you mean learning_rate?
-
-Relative paths in a pipeline file resolve against the folder of that file.
+This module only declares; it imports nothing of rlft but its errors.
 """
 
 from __future__ import annotations
 
-import difflib
-import types
-import typing
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from rlft.errors import ConfigError
-from rlft.models.tiny import TinySpec
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Strict(BaseModel):
@@ -37,29 +28,60 @@ class Strict(BaseModel):
 # ---------------------------------------------------------------------------------------------
 
 
+class TinySpec(Strict):
+    """What tiny model to build (rlft.models.tiny): its shape, its tokenizer's size, and the text to train that on."""
+
+    hidden_size: int = Field(
+        64, description="width of the residual stream; 64 trains fastest, 128 learns more"
+    )
+    num_layers: int = Field(2, description="transformer blocks")
+    num_heads: int = Field(4, description="attention heads; must divide hidden_size")
+    intermediate_size: int | None = Field(None, description="MLP width; None means 4 * hidden_size")
+    vocab_size: int = Field(
+        512, description="target BPE size, counting the 256-byte alphabet and the special tokens"
+    )
+    max_position_embeddings: int = Field(256, description="longest sequence (prompt + completion) in tokens")
+    tokenizer_texts: list[str] = Field(
+        [],
+        description="JSONL files (relative to the pipeline file); every string in every row is tokenizer text",
+    )
+    seed: int = Field(0, description="seeds the weight initialisation")
+
+
 class ModelSource(Strict):
     """Where a stage's model comes from: exactly one of ``from``, ``path``, ``hub``, ``package``, ``tiny``.
 
-    A plain string is shorthand: an existing local folder (relative to the pipeline file) is a
-    ``path``, anything else a ``hub`` name.
+    A plain string is shorthand: ``./folder``, ``/abs/folder`` and ``~/folder`` are a ``path``,
+    anything else a ``hub`` name (the loader still uses a local folder of that name when one exists).
     """
 
-    from_: str | None = Field(default=None, alias="from")  # an earlier stage's artifact, by stage name
-    path: str | None = None  # a local Hugging Face folder (or the folder holding gguf_file)
-    hub: str | None = None  # a hub model name, e.g. HuggingFaceTB/SmolLM2-135M-Instruct
-    package: str | None = None  # an installed Python package that ships the weights (found, not imported)
-    tiny: TinySpec | None = None  # build a tiny Llama + BPE tokenizer here (see rlft.models.tiny)
-    gguf_file: str | None = None  # a GGUF file inside path/package, loaded through transformers' GGUF loader
-    revision: str | None = None  # hub revision (branch, tag or commit)
-    subfolder: str | None = None  # a subfolder of the source holding the model
-    trust_remote_code: bool = False  # run the model repository's own Python code: off unless you trust it
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"  # weights' dtype once loaded
+    from_: str | None = Field(None, alias="from", description="an earlier stage's artifact, by stage name")
+    path: str | None = Field(
+        None,
+        description="a local Hugging Face folder (or the folder holding gguf_file), relative to the pipeline file",
+    )
+    hub: str | None = Field(None, description="a hub model name, e.g. HuggingFaceTB/SmolLM2-135M-Instruct")
+    package: str | None = Field(
+        None, description="an installed Python package that ships the weights (found, not imported)"
+    )
+    tiny: TinySpec | None = Field(
+        None, description="build a tiny Llama + BPE tokenizer here (see rlft.models.tiny)"
+    )
+    gguf_file: str | None = Field(
+        None, description="a GGUF file inside path/package, loaded through transformers' GGUF loader"
+    )
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
+    subfolder: str | None = Field(None, description="a subfolder of the source holding the model")
+    trust_remote_code: bool = Field(
+        False, description="run the model repository's own Python code: off unless you trust it"
+    )
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32", description="the weights' dtype once loaded"
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _from_string(cls, data: Any) -> Any:
-        # "./folder", "/abs/folder", "~/folder" are paths; any other string is a hub name (the
-        # loader still uses a local folder of that name when one exists).
         if isinstance(data, str):
             return {"path" if data.startswith((".", "/", "~")) else "hub": data}
         return data
@@ -89,15 +111,23 @@ class ModelSource(Strict):
 class TrackingConfig(Strict):
     """Where metrics go. ``metrics.jsonl`` is always written; W&B and TensorBoard are optional."""
 
-    wandb: Literal["auto", "online", "offline", "disabled"] = (
-        "auto"  # auto: online if an API key is set, else offline
+    wandb: Literal["auto", "online", "offline", "disabled"] = Field(
+        "auto",
+        description="auto: online if WANDB_API_KEY is set, else offline; WANDB_MODE in the environment overrides it",
     )
-    project: str = "rlft"  # W&B project
-    entity: str | None = None  # W&B team or user
-    tags: list[str] = []  # W&B tags added to every stage's run
-    init_timeout: float = 30.0  # seconds to wait for the W&B server before falling back to offline
-    tensorboard: bool = False  # also write every scalar to <stage folder>/tensorboard/ (needs `tensorboard`)
-    log_model: bool = False  # also log each stage's model folder to its W&B run as a `model` artifact
+    project: str = Field("rlft", description="W&B project")
+    entity: str | None = Field(None, description="W&B team or user (default: yours)")
+    tags: list[str] = Field([], description="W&B tags added to every stage's run")
+    init_timeout: float = Field(
+        30.0, description="seconds to wait for the W&B server before falling back to offline"
+    )
+    tensorboard: bool = Field(
+        False,
+        description="also write every scalar to <stage folder>/tensorboard/ (needs the `tensorboard` package)",
+    )
+    log_model: bool = Field(
+        False, description="also log each stage's model folder to its W&B run as a `model` artifact"
+    )
 
     @model_validator(mode="after")
     def _tensorboard_installed(self) -> TrackingConfig:
@@ -114,301 +144,38 @@ class TrackingConfig(Strict):
 class EvaluateConfig(Strict):
     """The verifiable task reward of greedy generations, measured on held-out prompts after each stage."""
 
-    prompts: str  # JSONL file of held-out rows with a `prompt` (string or chat messages) and any extra fields
-    reward: str  # reward function `module:function` or `file.py:function`, f(prompts, completions, **fields)
-    max_new_tokens: int = Field(default=32, gt=0)  # generation budget per prompt
-    batch_size: int = Field(default=64, gt=0)  # prompts generated at once
-    max_prompts: int | None = Field(default=None, gt=0)  # evaluate on the first N prompts only
+    prompts: str = Field(
+        description="JSONL file of held-out rows with a `prompt` (string or chat messages) and any extra fields"
+    )
+    reward: str = Field(
+        description="reward function `module:function` or `file.py:function`, f(prompts, completions, **fields)"
+    )
+    max_new_tokens: int = Field(32, gt=0, description="generation budget per prompt")
+    batch_size: int = Field(64, gt=0, description="prompts generated at once")
+    max_prompts: int | None = Field(None, gt=0, description="evaluate on the first N prompts only")
+
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
 class PipelineConfig(Strict):
     """The top level of a pipeline file. ``stages`` are validated one by one, by kind."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # names the run folder runs/<name>
-    description: str = ""  # free text, shown in `rlft validate`
-    model: ModelSource | None = None  # default model source for stages that give none
-    launch: str | None = None  # default accelerate config file; none: each stage runs as `python -m`
-    tracking: TrackingConfig = TrackingConfig()  # W&B settings shared by all stages
-    seed: int = 0  # default seed for every stage
-    evaluate: EvaluateConfig | None = None  # task reward after each stage (and of the starting model)
-    stages: list[dict[str, Any]] = Field(min_length=1)  # each with `kind` and a unique `name`
-
-
-@dataclass
-class Pipeline:
-    """A validated pipeline: its top-level config, its stages (typed by kind) and where it was read from."""
-
-    config: PipelineConfig
-    stages: list[Any]  # StageBase subclasses, one per stage, defaults from the pipeline applied
-    source: Path  # the YAML file
-    base_dir: Path  # relative paths resolve against this folder
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-
-# Keys a stage inherits from the pipeline's top level when it does not set them.
-INHERITED = ("model", "launch", "seed")
-
-
-def load_pipeline(path: str | Path, *, overrides: dict[str, Any] | None = None) -> Pipeline:
-    """Read and validate a pipeline file. Raises ConfigError naming the key path on any problem."""
-    from rlft.stages import stage_config_class
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such pipeline file")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a pipeline file is a mapping with `name` and `stages`")
-    for dotted, value in (overrides or {}).items():
-        for key in expand_override(raw, dotted):
-            _set_dotted(raw, key, value)
-
-    top = _validate(PipelineConfig, raw, prefix="", source=path)
-    stages: list[Any] = []
-    seen: set[str] = set()
-    for i, spec in enumerate(top.stages):
-        where = f"stages[{i}]"
-        if not isinstance(spec, dict):
-            raise ConfigError(f"{path}: {where}: a stage is a mapping with `kind` and `name`")
-        kind = spec.get("kind")
-        if kind is None:
-            raise ConfigError(f"{path}: {where}.kind: missing; every stage needs a kind")
-        cls = stage_config_class(kind)
-        if cls is None:
-            from rlft.stages import STAGES
-
-            raise ConfigError(f"{path}: {where}.kind: unknown kind '{kind}'{_suggest(kind, STAGES)}")
-        spec = dict(spec)
-        for key in INHERITED:
-            if key not in spec and key in cls.model_fields:
-                value = getattr(top, key)
-                if value is not None:
-                    spec[key] = (
-                        value.model_dump(by_alias=True, exclude_none=True) if key == "model" else value
-                    )
-        stage = _validate(cls, spec, prefix=where, source=path)
-        if stage.name in seen:
-            raise ConfigError(
-                f"{path}: {where}.name: '{stage.name}' is used by an earlier stage; names must be unique"
-            )
-        seen.add(stage.name)
-        stages.append(stage)
-
-    pipeline = Pipeline(config=top, stages=stages, source=path.resolve(), base_dir=path.resolve().parent)
-    check_references(pipeline)
-    check_files(pipeline)
-    if top.evaluate is not None and "base" not in seen:
-        # Measure the starting model first, so the summary shows what each stage changed.
-        base = {
-            "name": "base",
-            "kind": "evaluate",
-            "model": stages[0].model.model_dump(by_alias=True, exclude_none=True),
-        }
-        stages.insert(0, stage_config_class("evaluate").model_validate({**base, "seed": top.seed}))
-    return pipeline
-
-
-def check_references(pipeline: Pipeline) -> None:
-    """Every `{from: STAGE}` must name an earlier stage; trainer keys must exist in the trainer's config."""
-    from rlft.trainer_fields import check_trainer_keys
-
-    earlier: list[str] = []
-    for i, stage in enumerate(pipeline.stages):
-        if "model" in type(stage).model_fields and stage.model is None:
-            raise ConfigError(
-                f"{pipeline.source}: stages[{i}].model: missing; give the stage a model or set the pipeline's model"
-            )
-        for key, ref in stage.references():
-            if ref not in earlier:
-                hint = (
-                    f"it comes later; move stage '{ref}' before '{stage.name}'"
-                    if any(s.name == ref for s in pipeline.stages)
-                    else f"earlier stages: {', '.join(earlier) or 'none'}{_suggest(ref, earlier)}"
-                )
-                raise ConfigError(
-                    f"{pipeline.source}: stages[{i}].{key}.from: '{ref}' is not an earlier stage; {hint}"
-                )
-        trainer_cls = getattr(stage, "trainer_config_class", None)
-        if trainer_cls and getattr(stage, "trainer", None):
-            problem = check_trainer_keys(trainer_cls, stage.trainer)
-            if problem:
-                raise ConfigError(f"{pipeline.source}: stages[{i}].trainer.{problem}")
-        earlier.append(stage.name)
-
-
-def check_files(pipeline: Pipeline) -> None:
-    """Data sources and evaluation prompts must exist (hub dataset names are checked when loaded)."""
-    from rlft.data.config import as_sources
-    from rlft.data.sources import resolve_source
-    from rlft.errors import DataError
-
-    for i, stage in enumerate(pipeline.stages):
-        data = getattr(stage, "data", None)
-        for split in ("train", "eval") if data is not None else ():
-            for source in as_sources(getattr(data, split)):
-                try:
-                    resolve_source(source, key=f"stages[{i}].data.{split}", base_dir=pipeline.base_dir)
-                except DataError as e:
-                    raise ConfigError(f"{pipeline.source}: {e}") from None
-    from rlft.pipeline import find_launch_config
-
-    for i, stage in enumerate(pipeline.stages):
-        if stage.launch is not None:
-            try:
-                find_launch_config(stage.launch, base_dir=pipeline.base_dir)
-            except ConfigError as e:
-                raise ConfigError(f"{pipeline.source}: stages[{i}].{e}") from None
-    evaluate = pipeline.config.evaluate
-    if evaluate is not None:
-        for key, value in (("prompts", evaluate.prompts), ("reward", evaluate.reward.rpartition(":")[0])):
-            if key == "reward" and not value.endswith(".py"):
-                continue  # a module name: imported when the stage runs
-            p = Path(value).expanduser()
-            p = p if p.is_absolute() else pipeline.base_dir / p
-            if not p.is_file():
-                raise ConfigError(f"{pipeline.source}: evaluate.{key}: {p} does not exist")
-
-
-# ---------------------------------------------------------------------------------------------
-# Error messages
-# ---------------------------------------------------------------------------------------------
-
-
-def _validate(cls: type[BaseModel], data: Any, *, prefix: str, source: Path) -> Any:
-    try:
-        return cls.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, cls, prefix=prefix, source=source)) from None
-
-
-def format_validation_error(
-    err: ValidationError, cls: type[BaseModel], *, prefix: str = "", source: Path | None = None
-) -> str:
-    """One line per problem: `file: key.path: what is wrong`, with a did-you-mean for unknown keys."""
-    lines = []
-    for e in err.errors():
-        loc = [p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
-        shown, models = _walk(cls, loc[:-1] if e["type"] == "extra_forbidden" else loc)
-        if e["type"] == "extra_forbidden":
-            key = str(loc[-1])
-            path = _join_path(prefix, [*shown, key])
-            valid = {f.alias or name for m in models for name, f in m.model_fields.items()}
-            hint = _suggest(key, valid) or (f" (valid keys: {', '.join(sorted(valid))})" if valid else "")
-            msg = f"unknown key{hint}"
-        elif e["type"] == "missing":
-            path, msg = _join_path(prefix, shown), "missing; this key is required"
-        else:
-            path, msg = _join_path(prefix, shown), e["msg"].removeprefix("Value error, ")
-            if (
-                e["type"] not in ("value_error", "assertion_error")
-                and "input" in e
-                and not isinstance(e["input"], dict)
-            ):
-                msg += f" (got {e['input']!r})"
-        lines.append(f"{source}: {path}: {msg}" if source else f"{path}: {msg}")
-    return "\n".join(dict.fromkeys(lines))
-
-
-def _join_path(prefix: str, loc: list[Any]) -> str:
-    out = prefix
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{'from' if part == 'from_' else part}" if out else str(part)
-    return out or "(top level)"
-
-
-def _walk(cls: type[BaseModel], loc: list[Any]) -> tuple[list[Any], list[type[BaseModel]]]:
-    """Follow an error location through nested models, lists, dicts and unions.
-
-    Returns the location as the user wrote it (pydantic's union-member tags, like the `lora` in
-    `tuning.lora.r`, left out) and the models that could sit at its end (to list their keys).
-    """
-    shown: list[Any] = []
-    models: list[Any] = [cls]
-    for part in loc:
-        fields = [
-            f
-            for m in models
-            for name, f in m.model_fields.items()
-            if isinstance(part, str) and part in (name, f.alias)
-        ]
-        if fields:
-            models = [m for f in fields for m in _inner_models(f.annotation)]
-            shown.append(part)
-        elif isinstance(part, int):
-            shown.append(part)
-        else:  # a union member's tag: narrow to the members it names, keep it out of the path
-            tagged = [
-                m
-                for m in models
-                if part in {str(f.default) for f in m.model_fields.values()} or m.__name__ == part
-            ]
-            models = tagged or models
-    return shown, models
-
-
-def _suggest(word: str, choices: Any) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]}?" if close else ""
-
-
-def _inner_models(annotation: Any) -> list[Any]:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType, list, dict, typing.Annotated, tuple):
-        return [m for arg in typing.get_args(annotation) for m in _inner_models(arg)]
-    return []
-
-
-def expand_override(raw: dict, dotted: str) -> list[str]:
-    """The keys an override sets: itself, or for `data.KEY` (no stage named) the same key under every
-    stage that trains on preference data (reward, dpo, kto), e.g. `data.curate.flip_fraction`: a
-    preference-data experiment. Address one stage's data as `stages.NAME.data.KEY`."""
-    if not dotted.startswith("data."):
-        return [dotted]
-    from rlft.stages import stage_config_class
-
-    names = [
-        s["name"]
-        for s in raw.get("stages") or []
-        if isinstance(s, dict)
-        and "name" in s
-        and getattr(stage_config_class(s.get("kind", "")), "preference_data", False)
-    ]
-    if not names:
-        raise ConfigError(
-            f"override {dotted}: no stage trains on preference data, so a `data.` key without a stage applies "
-            f"nowhere; address a stage: stages.NAME.{dotted}"
-        )
-    return [f"stages.{name}.{dotted}" for name in names]
-
-
-def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
-    """Apply an override like `stages.sft.trainer.learning_rate=1e-4` (a stage is addressed by name)."""
-    parts = dotted.split(".")
-    node: Any = raw
-    i = 0
-    while i < len(parts) - 1:
-        if node is raw and parts[i] == "stages":
-            name = parts[i + 1]
-            node = next(
-                (s for s in raw.get("stages") or [] if isinstance(s, dict) and s.get("name") == name), None
-            )
-            if node is None:
-                raise ConfigError(f"override {dotted}: no stage named '{name}'")
-            i += 2
-            continue
-        node = node.setdefault(parts[i], {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {dotted}: '{parts[i]}' is not a mapping")
-        i += 1
-    node[parts[-1]] = value
+    name: str = Field(pattern=NAME_PATTERN, description="names the run folder runs/<name>")
+    description: str = Field("", description="free text, shown in `rlft validate`")
+    model: ModelSource | None = Field(None, description="default model source for stages that give none")
+    launch: str | None = Field(
+        None,
+        description="default accelerate config (a shipped name like zero3, or a path); none: each stage runs as `python -m`",
+    )
+    tracking: TrackingConfig = Field(
+        TrackingConfig(), description="W&B and TensorBoard settings shared by all stages"
+    )
+    seed: int = Field(0, description="default seed for every stage")
+    evaluate: EvaluateConfig | None = Field(
+        None, description="task reward after each stage (and of the starting model, as stage `base`)"
+    )
+    stages: list[dict[str, Any]] = Field(
+        min_length=1,
+        description="the stages in order, each with a `kind` and a unique `name` (see `rlft config show`)",
+    )

@@ -1,8 +1,35 @@
-"""Rank-aware helpers: what every process must call together, and what only the main one keeps."""
+"""Rank-aware helpers: which process this is, what every process must call together, and what only
+the main one keeps. The rank comes from the launcher's environment (`accelerate launch`, torchrun):
+one way, used everywhere, before any process group exists."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+
+def process_rank() -> int:
+    """This process's global rank (0 when not launched with several processes)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Only the main process logs, prints and writes (DESIGN.md decision 10)."""
+    return process_rank() == 0
+
+
+def outer_launch() -> bool:
+    """Whether this process was started by `accelerate launch` or torchrun (their environment)."""
+    env = os.environ
+    return (
+        world_size() > 1
+        or "LOCAL_RANK" in env
+        or "ACCELERATE_MIXED_PRECISION" in env  # set by every `accelerate launch`, one process too
+    )
 
 
 def gathered_model(trainer: Any) -> Any:

@@ -24,7 +24,9 @@ from typing import Any
 
 import yaml
 
+from rlft.distributed import outer_launch
 from rlft.errors import ConfigError
+from rlft.resources import find_launch_config, shipped
 
 
 @dataclass
@@ -298,8 +300,6 @@ def check_launch_rules(pipeline: Any, *, launch: str | None = None) -> None:
 
     `launch`: `rlft run --launch`, which overrides the stages' own. Under an outer `accelerate
     launch` (rlft/launched.py) the outer launch is what counts, read from its environment."""
-    from rlft.launched import outer_launch
-
     outer = outer_launch_settings() if outer_launch() else None
     problems = []
     for stage in pipeline.stages:
@@ -323,8 +323,6 @@ def check_launch_rules(pipeline: Any, *, launch: str | None = None) -> None:
 
 def load_launch(name: str, *, base_dir: Path) -> Launch:
     """The launch config `name` (shipped name or path) and the DeepSpeed JSON it names (relative to it)."""
-    from rlft.pipeline import find_launch_config
-
     path = find_launch_config(name, base_dir=base_dir)
     try:
         accelerate = yaml.safe_load(path.read_text()) or {}
@@ -338,8 +336,6 @@ def load_launch(name: str, *, base_dir: Path) -> Launch:
 
 def outer_launch_settings() -> Launch:
     """What the outer `accelerate launch` set up, from the environment it gave this process."""
-    from rlft.pipeline import REPO_ROOT
-
     env = os.environ
     if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
         kind = "DEEPSPEED"
@@ -358,7 +354,7 @@ def outer_launch_settings() -> Launch:
         "deepspeed_config": inline,
     }
     ds_file = env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
-    deepspeed = _read_deepspeed(Path(ds_file), relative_to=REPO_ROOT / "launch") if ds_file else {}
+    deepspeed = _read_deepspeed(Path(ds_file), relative_to=shipped("launch")) if ds_file else {}
     return Launch("the outer accelerate launch", accelerate, deepspeed)
 
 
@@ -385,19 +381,14 @@ _UNKNOWN = object()
 
 
 def trainer_value(stage: Any, key: str) -> Any:
-    """A stage's trainer setting as its trainer will see it: its `trainer:` key, else the tuning
-    method's and rlft's defaults (rlft/stages/common.py build_trainer_args), else the trainer config's."""
-    from rlft.models.tuning import tuning_trainer_defaults
-    from rlft.stages.common import TRAINER_DEFAULTS
+    """A stage's trainer setting as its trainer will see it: the merge the stage itself makes
+    (rlft.stages.base.TrainerStage.trainer_settings: its `trainer:` key, else the tuning method's
+    and rlft's defaults), else the trainer config's own default."""
     from rlft.trainer_fields import MISSING, field_default
 
-    if key in stage.trainer:
-        return stage.trainer[key]
-    tuning = tuning_trainer_defaults(stage.tuning) if hasattr(stage, "tuning") else {}
-    if key in tuning:
-        return tuning[key]
-    if key in TRAINER_DEFAULTS:
-        return TRAINER_DEFAULTS[key]
+    settings = stage.trainer_settings()
+    if key in settings:
+        return settings[key]
     value = field_default(stage.trainer_config_class, key)
     return _UNKNOWN if value is MISSING else value
 

@@ -34,17 +34,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from rlft.resources import shipped
+from rlft.stages.runner import main as run_stage_here
+
 MESSAGE_TIMEOUT = timedelta(hours=24)  # how long the other ranks wait for rank 0's next message
-
-
-def outer_launch() -> bool:
-    """Whether this process was started by `accelerate launch` or torchrun (their environment)."""
-    env = os.environ
-    return (
-        int(env.get("WORLD_SIZE", "1")) > 1
-        or "LOCAL_RANK" in env
-        or "ACCELERATE_MIXED_PRECISION" in env  # set by every `accelerate launch`, one process too
-    )
 
 
 @dataclass
@@ -127,20 +120,16 @@ def _find_deepspeed_config() -> None:
     """The shipped launch configs name their DeepSpeed JSON relative to themselves (`deepspeed/zero3.json`,
     as rlft's child launches resolve it), while accelerate passes the path on as written, to be read
     from the working folder. When it is not there, use the shipped file of that name."""
-    from rlft.pipeline import REPO_ROOT
-
     path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
-    if path and not Path(path).is_file() and (REPO_ROOT / "launch" / path).is_file():
-        os.environ["ACCELERATE_DEEPSPEED_CONFIG_FILE"] = str(REPO_ROOT / "launch" / path)
+    if path and not Path(path).is_file() and shipped("launch", path).is_file():
+        os.environ["ACCELERATE_DEEPSPEED_CONFIG_FILE"] = str(shipped("launch", path))
 
 
 def run_here(work: Path) -> int:
     """Run one stage in this process, as its child process would (rlft.stages.runner), then
     clear what it leaves behind that the next stage must not inherit."""
-    from rlft.stages.runner import main
-
     try:
-        return main(str(work))
+        return run_stage_here(str(work))
     except Exception:  # noqa: BLE001 - the runner reports stage errors itself; this is anything else
         traceback.print_exc()
         return 1

@@ -28,12 +28,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlft.artifacts import hash_json, hash_path, link_dir, write_json_atomic
-from rlft.config import ModelSource, Pipeline
-from rlft.errors import ConfigError, RlftError
-from rlft.stages.common import read_json
+import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from rlft.artifacts import hash_json, hash_path, link_dir, read_json, write_json_atomic
+from rlft.config import ModelSource
+from rlft.distributed import outer_launch
+from rlft.errors import ConfigError, RlftError
+from rlft.launch_rules import check_launch_rules
+from rlft.launched import World
+from rlft.pipeline_file import PipelineSpec
+from rlft.resources import find_launch_config, resolved_launch_config
+from rlft.stages.base import StageBase
 
 
 class StageFailed(RlftError):
@@ -49,7 +54,7 @@ class StageOutcome:
 
 
 def run_pipeline(
-    pipeline: Pipeline,
+    pipeline: PipelineSpec,
     *,
     run_dir: Path | None = None,
     only: str | None = None,
@@ -68,9 +73,6 @@ def run_pipeline(
     Under an outer `accelerate launch` (rlft/launched.py) rank 0 walks the stages and the other
     ranks run the ones it sends them; they return no outcomes.
     """
-    from rlft.launch_rules import check_launch_rules
-    from rlft.launched import World, outer_launch
-
     check_launch_rules(pipeline, launch=launch)  # known-bad stage x launch combinations, before any work
     options = dict(
         run_dir=run_dir,
@@ -102,8 +104,113 @@ def run_pipeline(
         world.leave()
 
 
+# ---------------------------------------------------------------------------------------------
+# What to do with a stage: a pure decision from what the run folders hold
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Done here with the same config and inputs: nothing to do."""
+
+    record: dict[str, Any]  # its stage.json
+
+
+@dataclass(frozen=True)
+class Share:
+    """Done in another run (an earlier sweep point) with the same config and inputs: hard-link it here."""
+
+    folder: Path
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Resume:
+    """An earlier run of this stage, with the same config and inputs, died: go on from its last checkpoint."""
+
+    checkpoint: str
+
+
+@dataclass(frozen=True)
+class Run:
+    """Run the stage from the start."""
+
+
+Decision = Skip | Share | Resume | Run
+
+
+@dataclass(frozen=True)
+class StageFacts:
+    """What the run folders hold about a stage, read from disk (`read_stage_facts`)."""
+
+    done: dict[str, Any] | None  # its finished artifact's stage.json, when finished
+    elsewhere: list[tuple[Path, dict[str, Any] | None]]  # (folder, stage.json) in the runs that may be shared
+    plan: dict[str, Any] | None  # plan.json of an unfinished run of it (its work folder)
+    checkpoints: list[str]  # that run's complete checkpoints, oldest first
+
+
+def decide(config_hash: str, inputs: dict[str, Any], facts: StageFacts, *, force: bool) -> Decision:
+    """Skip | Share | Resume | Run for a stage whose config and inputs hash as given.
+
+    Done with the same config hash and input hashes here: skip; done so in another run: share;
+    an unfinished run with the same hashes left a complete checkpoint: resume from the last one;
+    anything else, or `force`: run from the start.
+    """
+
+    def same(record: dict[str, Any] | None) -> bool:
+        return bool(record) and record.get("config_hash") == config_hash and record.get("inputs") == inputs
+
+    if force:
+        return Run()
+    if same(facts.done) and facts.done.get("status") == "done":
+        return Skip(facts.done)
+    for folder, record in facts.elsewhere:
+        if same(record) and record.get("status") == "done":
+            return Share(folder, record)
+    if same(facts.plan) and facts.checkpoints:
+        return Resume(facts.checkpoints[-1])
+    return Run()
+
+
+def read_stage_facts(run_dir: Path, name: str, *, reuse: list[Path] | tuple[Path, ...] = ()) -> StageFacts:
+    """What `decide` needs about stage `name`, read from `run_dir` and the runs in `reuse`."""
+    work = run_dir / ".work" / name
+    checkpoints = sorted(
+        (work / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])
+    )
+    return StageFacts(
+        done=finished_record(run_dir, name),
+        elsewhere=[(Path(run) / name, read_json(Path(run) / name / "stage.json")) for run in reuse],
+        plan=read_json(work / "plan.json"),
+        checkpoints=[str(c) for c in checkpoints if (c / "trainer_state.json").exists()],
+    )
+
+
+def finished_record(run_dir: Path, name: str) -> dict[str, Any] | None:
+    """The stage.json of stage `name`'s finished artifact in `run_dir`, or None."""
+    record = read_json(run_dir / name / "stage.json")
+    return record if record and record.get("status") == "done" else None
+
+
+def selected_stages(names: list[str], *, only: str | None, from_stage: str | None) -> set[str]:
+    """The stages `--only` / `--from` select (all without them)."""
+    for flag, value in (("--only", only), ("--from", from_stage)):
+        if value is not None and value not in names:
+            raise ConfigError(f"{flag} {value}: no such stage (stages: {', '.join(names)})")
+    if only is not None:
+        return {only}
+    if from_stage is not None:
+        return set(names[names.index(from_stage) :])
+    return set(names)
+
+
+# ---------------------------------------------------------------------------------------------
+# Acting on it
+# ---------------------------------------------------------------------------------------------
+
+
 def _run_stages(
-    pipeline: Pipeline,
+    pipeline: PipelineSpec,
     *,
     run_dir: Path | None,
     only: str | None,
@@ -112,7 +219,7 @@ def _run_stages(
     launch: str | None,
     console: Any,
     reuse: list[Path] | tuple[Path, ...],
-    world: Any,
+    world: World | None,
 ) -> list[StageOutcome]:
     """run_pipeline's walk over the stages; `world`: the outer launch's processes, or None."""
     from rich.console import Console
@@ -120,25 +227,15 @@ def _run_stages(
     console = console or Console(width=None if sys.stdout.isatty() else 120)  # logs: no 80-column squeeze
     run_dir = Path(run_dir or Path("runs") / pipeline.name).resolve()
     (run_dir / ".work").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(pipeline.source, run_dir / "pipeline.yaml")
-    names = [s.name for s in pipeline.stages]
-    for flag, value in (("--only", only), ("--from", from_stage)):
-        if value is not None and value not in names:
-            raise ConfigError(f"{flag} {value}: no such stage (stages: {', '.join(names)})")
-    if only is not None:
-        selected = {only}
-    elif from_stage is not None:
-        selected = set(names[names.index(from_stage) :])
-    else:
-        selected = set(names)
+    _keep_pipeline_file(pipeline, run_dir)
+    selected = selected_stages([s.name for s in pipeline.stages], only=only, from_stage=from_stage)
 
     run_id = uuid.uuid4().hex[:8]
     outcomes: list[StageOutcome] = []
     failed: StageOutcome | None = None
     for index, stage in enumerate(pipeline.stages):
-        done = read_json(run_dir / stage.name / "stage.json")
-        done = done if done and done.get("status") == "done" else None
         if stage.name not in selected or failed is not None:
+            done = finished_record(run_dir, stage.name)
             outcomes.append(StageOutcome(stage.name, stage.kind, "kept" if done else "not run", done or {}))
             continue
         console.rule(f"[bold]stage {index + 1}/{len(pipeline.stages)}: {stage.name}[/] ({stage.kind})")
@@ -147,83 +244,51 @@ def _run_stages(
             if ref not in model_paths:
                 raise ConfigError(
                     f"stages.{stage.name}.{key}.from: stage '{ref}' has no finished artifact in {run_dir}; "
-                    f"run it first (rlft run {pipeline.source} --only {ref})"
+                    f"run it first (rlft run {pipeline.label} --only {ref})"
                 )
         config_hash, inputs = stage_fingerprint(pipeline, stage, run_dir, model_paths, artifact_hashes)
-        if done and not force and done.get("config_hash") == config_hash and done.get("inputs") == inputs:
-            console.print(
-                f"[green]skipped[/]: {stage.name} is done with the same config and inputs (--force re-runs it)"
-            )
-            outcomes.append(StageOutcome(stage.name, stage.kind, "skipped", done))
-            continue
-
-        shared = None if force else _equal_artifact(reuse, stage.name, config_hash, inputs)
-        if shared is not None:
-            link_dir(shared, run_dir / stage.name)
-            console.print(
-                f"[cyan]shared[/]: {stage.name} is done in {shared.parent} with the same config and inputs "
-                "(hard-linked here)"
-            )
-            outcomes.append(StageOutcome(stage.name, stage.kind, "shared", read_json(shared / "stage.json")))
-            continue
-
-        work = run_dir / ".work" / stage.name
-        resume_from = _resume_point(work, config_hash, inputs, force=force)
-        if resume_from is None and work.exists():
-            shutil.rmtree(work)
-        work.mkdir(parents=True, exist_ok=True)
-        plan = {
-            "pipeline": pipeline.name,
-            "run_id": run_id,
-            "kind": stage.kind,
-            "stage": stage.model_dump(mode="json", by_alias=True),
-            "config_hash": config_hash,
-            "inputs": inputs,
-            "run_dir": str(run_dir),
-            "base_dir": str(pipeline.base_dir),
-            "model_paths": model_paths,
-            "evaluate": pipeline.config.evaluate.model_dump() if pipeline.config.evaluate else None,
-            "tracking": pipeline.config.tracking.model_dump(),
-            "resume_from": resume_from,
-        }
-        write_json_atomic(work / "plan.json", plan)
-        if resume_from:
-            console.print(
-                f"[yellow]resuming[/]: {stage.name} from {Path(resume_from).name} (an earlier run died)"
-            )
-        if world is None:
-            command = stage_command(launch or stage.launch, work, base_dir=pipeline.base_dir)
-            console.print(f"[dim]$ {' '.join(command)}[/]")
-            (work / "stage.log").write_text(f"$ {' '.join(command)}\n")
-            code = _stream(command, work / "stage.log")
-        else:
-            if launch or stage.launch:
-                console.print(
-                    f"[yellow]note[/]: {stage.name}: launch {launch or stage.launch} ignored: rlft runs inside "
-                    f"an outer launch ({world.size} processes), which decides the processes"
-                )
-            (work / "stage.log").write_text(
-                f"# in-process, on every rank of the outer launch ({world.size})\n"
-            )
-            code = world.run_stage(work)
-        record = (
-            read_json(run_dir / stage.name / "stage.json") if code == 0 else read_json(work / "stage.json")
+        decision = decide(
+            config_hash, inputs, read_stage_facts(run_dir, stage.name, reuse=reuse), force=force
         )
-        if code == 0 and record and record.get("status") == "done":
-            shutil.copyfile(work / "stage.log", run_dir / stage.name / "stage.log")
-            if (work / "ranks").is_dir():  # every process's summary (see rlft.stages.common.rank_summary)
-                shutil.copytree(work / "ranks", run_dir / stage.name / "ranks", dirs_exist_ok=True)
-            shutil.rmtree(work, ignore_errors=True)
-            for offline in sorted((run_dir / stage.name / "wandb").glob("offline-run-*")):
-                # W&B printed its sync command with the work folder's path, gone now
+        match decision:
+            case Skip(record):
                 console.print(
-                    f"{stage.name}: W&B offline run kept in {offline}; upload: wandb sync {offline}",
-                    soft_wrap=True,
+                    f"[green]skipped[/]: {stage.name} is done with the same config and inputs (--force re-runs it)"
                 )
-            outcomes.append(StageOutcome(stage.name, stage.kind, "ran", record))
-        else:
-            failed = StageOutcome(stage.name, stage.kind, "failed", record or {"error": f"exit code {code}"})
-            outcomes.append(failed)
+                outcome = StageOutcome(stage.name, stage.kind, "skipped", record)
+            case Share(folder, record):
+                link_dir(folder, run_dir / stage.name)
+                console.print(
+                    f"[cyan]shared[/]: {stage.name} is done in {folder.parent} with the same config and inputs "
+                    "(hard-linked here)"
+                )
+                outcome = StageOutcome(stage.name, stage.kind, "shared", record)
+            case Resume() | Run():
+                plan = {
+                    "pipeline": pipeline.name,
+                    "run_id": run_id,
+                    "kind": stage.kind,
+                    "stage": stage.model_dump(mode="json", by_alias=True),
+                    "config_hash": config_hash,
+                    "inputs": inputs,
+                    "run_dir": str(run_dir),
+                    "base_dir": str(pipeline.base_dir),
+                    "model_paths": model_paths,
+                    "evaluate": pipeline.config.evaluate.model_dump() if pipeline.config.evaluate else None,
+                    "tracking": pipeline.config.tracking.model_dump(),
+                    "resume_from": decision.checkpoint if isinstance(decision, Resume) else None,
+                }
+                outcome = _execute(
+                    stage,
+                    plan,
+                    run_dir,
+                    launch=launch,
+                    base_dir=pipeline.base_dir,
+                    world=world,
+                    console=console,
+                )
+                failed = outcome if outcome.status == "failed" else None
+        outcomes.append(outcome)
 
     write_summary(run_dir, outcomes)
     print_summary(console, outcomes, run_dir)
@@ -235,8 +300,64 @@ def _run_stages(
     return outcomes
 
 
+def _keep_pipeline_file(pipeline: PipelineSpec, run_dir: Path) -> None:
+    """runs/<pipeline>/pipeline.yaml: the file the run started from (or the dict it was given, as YAML)."""
+    if pipeline.source is not None:
+        shutil.copyfile(pipeline.source, run_dir / "pipeline.yaml")
+    else:
+        (run_dir / "pipeline.yaml").write_text(yaml.safe_dump(pipeline.raw, sort_keys=False))
+
+
+def _execute(
+    stage: StageBase,
+    plan: dict[str, Any],
+    run_dir: Path,
+    *,
+    launch: str | None,
+    base_dir: Path,
+    world: World | None,
+    console: Any,
+) -> StageOutcome:
+    """Run a stage as `plan` says (from the start, or from `plan["resume_from"]`) and collect its outcome."""
+    work = run_dir / ".work" / stage.name
+    if plan["resume_from"] is None and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(work / "plan.json", plan)
+    if plan["resume_from"]:
+        console.print(
+            f"[yellow]resuming[/]: {stage.name} from {Path(plan['resume_from']).name} (an earlier run died)"
+        )
+    if world is None:
+        command = stage_command(launch or stage.launch, work, base_dir=base_dir)
+        console.print(f"[dim]$ {' '.join(command)}[/]")
+        (work / "stage.log").write_text(f"$ {' '.join(command)}\n")
+        code = _stream(command, work / "stage.log")
+    else:
+        if launch or stage.launch:
+            console.print(
+                f"[yellow]note[/]: {stage.name}: launch {launch or stage.launch} ignored: rlft runs inside "
+                f"an outer launch ({world.size} processes), which decides the processes"
+            )
+        (work / "stage.log").write_text(f"# in-process, on every rank of the outer launch ({world.size})\n")
+        code = world.run_stage(work)
+    record = read_json(run_dir / stage.name / "stage.json") if code == 0 else read_json(work / "stage.json")
+    if not (code == 0 and record and record.get("status") == "done"):
+        return StageOutcome(stage.name, stage.kind, "failed", record or {"error": f"exit code {code}"})
+    shutil.copyfile(work / "stage.log", run_dir / stage.name / "stage.log")
+    if (work / "ranks").is_dir():  # every process's summary (see rlft.stages.common.rank_summary)
+        shutil.copytree(work / "ranks", run_dir / stage.name / "ranks", dirs_exist_ok=True)
+    shutil.rmtree(work, ignore_errors=True)
+    for offline in sorted((run_dir / stage.name / "wandb").glob("offline-run-*")):
+        # W&B printed its sync command with the work folder's path, gone now
+        console.print(
+            f"{stage.name}: W&B offline run kept in {offline}; upload: wandb sync {offline}", soft_wrap=True
+        )
+    return StageOutcome(stage.name, stage.kind, "ran", record)
+
+
 def stage_fingerprint(
-    pipeline: Pipeline, stage: Any, run_dir: Path, model_paths: dict, artifact_hashes: dict
+    pipeline: PipelineSpec, stage: StageBase, run_dir: Path, model_paths: dict, artifact_hashes: dict
 ) -> tuple[str, dict]:
     """(config hash, content hashes of the inputs): what decides whether a finished stage is still valid."""
     from rlft.models.loading import source_hash
@@ -319,36 +440,6 @@ def _finished(run_dir: Path, outcomes: list[StageOutcome]) -> tuple[dict[str, st
     return paths, hashes
 
 
-def _equal_artifact(
-    runs: list[Path] | tuple[Path, ...], name: str, config_hash: str, inputs: dict
-) -> Path | None:
-    """A finished artifact of stage `name` in one of `runs` with this config hash and these inputs."""
-    for run in runs:
-        record = read_json(Path(run) / name / "stage.json")
-        if (
-            record
-            and record.get("status") == "done"
-            and record.get("config_hash") == config_hash
-            and record.get("inputs") == inputs
-        ):
-            return Path(run) / name
-    return None
-
-
-def _resume_point(work: Path, config_hash: str, inputs: dict, *, force: bool) -> str | None:
-    """The last checkpoint of an earlier, unfinished run of this stage with the same config and inputs."""
-    if force:
-        return None
-    plan = read_json(work / "plan.json")
-    if not plan or plan.get("config_hash") != config_hash or plan.get("inputs") != inputs:
-        return None
-    checkpoints = sorted(
-        (work / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])
-    )
-    complete = [c for c in checkpoints if (c / "trainer_state.json").exists()]
-    return str(complete[-1]) if complete else None
-
-
 def stage_command(launch: str | None, work: Path, *, base_dir: Path) -> list[str]:
     runner = ["-m", "rlft.stages.runner", str(work)]
     if launch is None:
@@ -360,37 +451,6 @@ def stage_command(launch: str | None, work: Path, *, base_dir: Path) -> list[str
     if accelerate is None:
         raise ConfigError("launch: the `accelerate` command is not installed in this environment")
     return [accelerate, "launch", "--config_file", str(config), *runner]
-
-
-def find_launch_config(launch: str, *, base_dir: Path) -> Path:
-    """A launch config: a shipped name (`zero3` -> launch/zero3.yaml), or a path relative to the
-    pipeline file, the working folder, or rlft's checkout."""
-    p = Path(launch).expanduser()
-    if p.is_absolute():
-        candidates = [p]
-    else:
-        candidates = [base_dir / p, Path.cwd() / p, REPO_ROOT / p, REPO_ROOT / "launch" / p]
-        if not p.suffix:
-            candidates.append(REPO_ROOT / "launch" / f"{launch}.yaml")
-    for c in candidates:
-        if c.is_file():
-            return c.resolve()
-    shipped = sorted(f.stem for f in (REPO_ROOT / "launch").glob("*.yaml"))
-    raise ConfigError(
-        f"launch: {launch}: no such accelerate config (shipped: {', '.join(shipped)}; or give a path)"
-    )
-
-
-def resolved_launch_config(config: Path, out: Path) -> Path:
-    """A copy of the launch config with its DeepSpeed JSON path made absolute (it is relative to the config)."""
-    import yaml
-
-    data = yaml.safe_load(config.read_text()) or {}
-    ds = data.get("deepspeed_config") or {}
-    if ds.get("deepspeed_config_file") and not Path(ds["deepspeed_config_file"]).is_absolute():
-        ds["deepspeed_config_file"] = str((config.parent / ds["deepspeed_config_file"]).resolve())
-    out.write_text(yaml.safe_dump(data, sort_keys=False))
-    return out
 
 
 def _stream(command: list[str], log_path: Path) -> int:

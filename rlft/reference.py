@@ -25,6 +25,9 @@ reference model. The key is the sha256 of
 
 so a hit is always the same numbers. `<cache>` is `runs/<pipeline>/cache/`, or `$RLFT_CACHE_DIR`
 when set (`rlft sweep` sets it to the sweep's folder, so its points share one cache).
+
+The functions that take a stage's `cfg` take a DPO, KTO or (`reference_source`) PPO stage config,
+whose modules sit above this one.
 """
 
 from __future__ import annotations
@@ -40,8 +43,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlft.artifacts import hash_json
+from rlft.artifacts import hash_json, read_json
 from rlft.config import ModelSource
+from rlft.stages.base import StageContext
 
 CACHE_FILE = "ref_logps.safetensors"  # one float32 tensor (N,) per column TRL adds
 KEY_FILE = "key.json"  # what the key was made of, the columns and the number of rows
@@ -109,14 +113,13 @@ def same_source(a: ModelSource | None, b: ModelSource | None) -> bool:
     return a is not None and b is not None and a.model_dump() == b.model_dump()
 
 
-def source_content_hash(source: ModelSource, ctx: Any) -> str:
+def source_content_hash(source: ModelSource, ctx: StageContext) -> str:
     """The content hash of a model source, as the pipeline computes it for stage.json's inputs.
 
     An upstream stage's hash is the `artifact_hash` its stage.json records (content of the weights,
     configs and tokenizer), so copies of one artifact (sweep points) share it.
     """
     from rlft.models.loading import source_hash
-    from rlft.stages.common import read_json
 
     artifact_hashes = {
         name: (read_json(Path(path) / "stage.json") or {}).get("artifact_hash") or f"unhashed:{path}"
@@ -306,7 +309,7 @@ class ReferencePlan:
     description: str  # what the reference is, for the log
 
 
-def plan_reference(cfg: Any, ctx: Any, *, start: Any, policy: Any, tokenizer: Any) -> ReferencePlan:
+def plan_reference(cfg: Any, ctx: StageContext, *, start: Any, policy: Any, tokenizer: Any) -> ReferencePlan:
     """The reference of a DPO/KTO stage: its starting model unless `cfg.reference` names another.
 
     `start` is the starting model as loaded, `policy` the model to train (after `tuning:`).
@@ -322,10 +325,9 @@ def plan_reference(cfg: Any, ctx: Any, *, start: Any, policy: Any, tokenizer: An
     from peft import PeftModel
 
     from rlft.errors import ConfigError
-    from rlft.models.loading import resolve_source
 
     precompute = cfg.precompute_reference
-    explicit = cfg.reference is not None and not same_source(cfg.reference, cfg.model)
+    source, explicit = reference_source(cfg)
     if not explicit:
         if isinstance(start, PeftModel):
             if not precompute:
@@ -342,29 +344,48 @@ def plan_reference(cfg: Any, ctx: Any, *, start: Any, policy: Any, tokenizer: An
             )
         if precompute:
             return ReferencePlan(None, True, True, "the starting model (the policy before its first step)")
-    source = cfg.reference if explicit else cfg.model
+    ref, description = load_frozen_reference(source, ctx, policy=policy, tokenizer=tokenizer, stage=cfg.name)
+    if isinstance(ref, PeftModel):
+        raise ConfigError(
+            f"stages.{cfg.name}.reference: {description} keeps a learned prompt (prompt/prefix tuning); "
+            "TRL cannot run such a model as a separate reference. Start the stage from it instead (then it is "
+            "the reference), or export it without the prompt"
+        )
+    return ReferencePlan(
+        ref, precompute, True, description if explicit else "the starting model (a frozen copy)"
+    )
+
+
+def reference_source(cfg: Any) -> tuple[ModelSource, bool]:
+    """(where a stage's reference comes from, whether the stage names one other than its start):
+    `cfg.reference`, or the stage's starting model `cfg.model`."""
+    explicit = cfg.reference is not None and not same_source(cfg.reference, cfg.model)
+    return (cfg.reference if explicit else cfg.model), explicit
+
+
+def load_frozen_reference(
+    source: ModelSource, ctx: StageContext, *, policy: Any, tokenizer: Any, stage: str
+) -> tuple[Any, str]:
+    """(a frozen copy of `source`, what it is): adapters merged, a kept prompt re-attached, in eval mode
+    without gradients. Its vocabulary must be the policy's: the reference scores the policy's token ids."""
+    from rlft.errors import ConfigError
+    from rlft.models.loading import resolve_source
+
     resolved = resolve_source(
         source, model_paths=ctx.model_paths, run_dir=ctx.run_dir, base_dir=ctx.base_dir, key="reference"
     )
     ref = load_merged_model(resolved, dtype=source.dtype, tokenizer=tokenizer, log=ctx.log, frozen=True)
-    if isinstance(ref, PeftModel):
-        raise ConfigError(
-            f"stages.{cfg.name}.reference: {resolved.description} keeps a learned prompt (prompt/prefix tuning); "
-            "TRL cannot run such a model as a separate reference. Start the stage from it instead (then it is "
-            "the reference), or export it without the prompt"
-        )
     policy_vocab = policy.get_input_embeddings().num_embeddings
     if ref.get_input_embeddings().num_embeddings != policy_vocab:
         raise ConfigError(
-            f"stages.{cfg.name}.reference: {resolved.description} has a vocabulary of "
+            f"stages.{stage}.reference: {resolved.description} has a vocabulary of "
             f"{ref.get_input_embeddings().num_embeddings} tokens, the policy {policy_vocab}; the reference must "
             "score the policy's token ids: use a model with the same tokenizer"
         )
-    what = resolved.description if explicit else "the starting model (a frozen copy)"
-    return ReferencePlan(ref, precompute, True, what)
+    return ref, resolved.description
 
 
-def reference_cache(cfg: Any, ctx: Any, *, tokenizer: Any, trainer: str, args: Any) -> RefLogpsCache:
+def reference_cache(cfg: Any, ctx: StageContext, *, tokenizer: Any, trainer: str, args: Any) -> RefLogpsCache:
     """The cache of this stage's reference log-probs (identity: everything but the data)."""
     source = cfg.reference if cfg.reference is not None else cfg.model
     template = tokenizer.chat_template or ""
@@ -389,7 +410,7 @@ def reference_cache(cfg: Any, ctx: Any, *, tokenizer: Any, trainer: str, args: A
 def reference_trainer(
     trainer_class: type,
     cfg: Any,
-    ctx: Any,
+    ctx: StageContext,
     *,
     reference: ReferencePlan,
     args: Any,

@@ -126,7 +126,7 @@ def _format(value: Any) -> str:
 def changed_stages(pipeline: Any, keys: list[str]) -> list[str]:
     """Stages a grid can change: those its keys address (a top-level key: all), and every stage that
     starts from one of them ({from: ...} anywhere in its config)."""
-    from rlft.config import expand_override
+    from rlft.pipeline_file import expand_override
 
     raw_stages = [{"name": s.name, "kind": s.kind} for s in pipeline.stages]
     addressed: set[str] = set()
@@ -163,8 +163,8 @@ def run_sweep(
 
     from rich.console import Console
 
-    from rlft.config import load_pipeline
     from rlft.pipeline import StageFailed, run_pipeline
+    from rlft.pipeline_file import load_pipeline
 
     console = console or Console(width=None if sys.stdout.isatty() else 120)
     base = load_pipeline(path, overrides=overrides)

@@ -1,4 +1,5 @@
-"""The field names of TRL / transformers config dataclasses, read without importing them.
+"""The trainer config dataclasses rlft passes `trainer:` through to: their fields (read without
+importing them) and rlft's own defaults for them.
 
 `rlft validate` checks each stage's ``trainer:`` keys against the fields of the config class it
 passes through to (``SFTConfig``, ``DPOConfig``, ...). Importing trl costs ~5-12 s on a small
@@ -15,6 +16,23 @@ import importlib.util
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+# rlft's defaults for every TRL trainer config, applied unless the stage's `trainer:` sets the key
+# (the order in which every source of a setting is merged: rlft.stages.base.TrainedStage.trainer_settings).
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "activation_checkpointing": False,  # TRL turns it on; on small models it only costs time (ENVIRONMENT.md)
+    "logging_steps": 5,  # log often: runs are short, curves are what users look at
+    "save_strategy": "steps",  # checkpoints make a stage that died resumable
+    "save_steps": 100,
+    "save_total_limit": 2,  # keep the last two checkpoints
+    "report_to": "none",  # rlft opens the W&B run itself (grouped by pipeline), see rlft/tracking.py
+    "per_device_train_batch_size": 8,
+    "num_train_epochs": 1,
+    "dataloader_num_workers": 0,
+    "eval_steps": 50,
+}
+# Keys rlft sets itself; a stage may not set them in `trainer:`.
+OWNED = {"output_dir": "the stage folder is runs/<pipeline>/<stage> (change it with --run-dir)"}
 
 # Re-exports that `from PACKAGE import Name` hides behind lazy __init__ files.
 _REEXPORTS = {("transformers", "TrainingArguments"): "transformers.training_args"}

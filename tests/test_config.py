@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from rlft.config import ModelSource, load_pipeline
+from rlft.config import ModelSource
 from rlft.errors import ConfigError
+from rlft.pipeline_file import load_pipeline
 
 GOOD = """
 name: demo

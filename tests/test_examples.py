@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from rlft.config import load_pipeline
 from rlft.pipeline import run_pipeline
+from rlft.pipeline_file import load_pipeline
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "configs" / "examples" / "smollm2_sft_lora.yaml"
 

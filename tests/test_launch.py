@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO as REPO_ROOT
 
 from rlft.cli import main
 from rlft.errors import ConfigError
-from rlft.pipeline import REPO_ROOT, find_launch_config, resolved_launch_config
+from rlft.resources import find_launch_config, resolved_launch_config
 
 CONFIGS = sorted((REPO_ROOT / "launch").glob("**/*.yaml"))
 

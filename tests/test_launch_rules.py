@@ -6,10 +6,10 @@ import json
 import pytest
 
 from rlft.cli import main
-from rlft.config import load_pipeline
 from rlft.errors import ConfigError
 from rlft.launch_rules import RULES, check_launch_rules, rule_source
 from rlft.pipeline import run_pipeline
+from rlft.pipeline_file import load_pipeline
 
 
 def write_launch(tmp_path, *, accelerate: str, deepspeed: dict | None = None) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import QUICKSTART_DATA
 
-from rlft.launched import outer_launch
+from rlft.distributed import outer_launch
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -14,7 +14,7 @@ from conftest import QUICKSTART_DATA
 
 from rlft import losses
 from rlft.stages import dpo
-from rlft.stages.common import StageContext
+from rlft.stages.base import StageContext
 from rlft.tracking import Tracker
 
 
@@ -130,7 +130,7 @@ def trl_trainer(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("trl_loss")
     texts = (QUICKSTART_DATA / "prefs_train.jsonl").read_text().splitlines()
     model = build_tiny_from_texts(texts, tmp / "model", hidden_size=32, num_layers=1, num_heads=2)
-    cfg = dpo.Config.model_validate(
+    cfg = dpo.DPOStage.model_validate(
         {
             "name": "dpo",
             "kind": "dpo",

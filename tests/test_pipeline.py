@@ -10,9 +10,9 @@ import time
 import pytest
 
 from rlft.cli import main
-from rlft.config import load_pipeline
 from rlft.errors import ConfigError
 from rlft.pipeline import run_pipeline
+from rlft.pipeline_file import load_pipeline
 
 pytestmark = pytest.mark.slow
 

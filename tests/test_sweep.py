@@ -8,8 +8,8 @@ import pytest
 from conftest import QUICKSTART_DATA
 
 from rlft.cli import main
-from rlft.config import expand_override, load_pipeline
 from rlft.errors import ConfigError, RlftError
+from rlft.pipeline_file import expand_override, load_pipeline
 from rlft.sweep import changed_stages, parse_grid, points
 
 PIPELINE = f"""

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from conftest import QUICKSTART_DATA, tiny_pipeline_yaml
 
-from rlft.config import TrackingConfig, load_pipeline
+from rlft.config import TrackingConfig
 from rlft.errors import ConfigError, RlftError
+from rlft.pipeline_file import load_pipeline
 from rlft.tracking import Tracker, namespaced, read_metrics
 
 

@@ -24,29 +24,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
+from rlft.config import TinySpec
 from rlft.models.chat_template import DEFAULT_CHAT_TEMPLATE
 
 PAD_TOKEN = "<|pad|>"
 EOS_TOKEN = "<|end|>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
 SPECIAL_TOKENS = (PAD_TOKEN, EOS_TOKEN, *ROLE_TOKENS)  # ids 0..4, in this order
-
-
-class TinySpec(BaseModel):
-    """What tiny model to build: its shape, its tokenizer's size, and the text to train that on."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    hidden_size: int = 64  # width of the residual stream; 64 trains fastest, 128 learns more
-    num_layers: int = 2  # transformer blocks
-    num_heads: int = 4  # attention heads; must divide hidden_size
-    intermediate_size: int | None = None  # MLP width; None means 4 * hidden_size
-    vocab_size: int = 512  # target BPE size, counting the 256-byte alphabet and the special tokens
-    max_position_embeddings: int = 256  # longest sequence (prompt + completion) in tokens
-    tokenizer_texts: list[str] = []  # JSONL files; every string in every row is tokenizer text
-    seed: int = 0  # seeds the weight initialisation
 
 
 def build_tiny(spec: TinySpec, out_dir: str | os.PathLike, *, base_dir: str | os.PathLike = ".") -> Path:

@@ -301,16 +301,20 @@ def apply_tuning(model: Any, cfg: AnyTuning, *, task_type: str = "CAUSAL_LM", to
     return APPLY[cfg.method](model, cfg, task_type=task_type, tokenizer=tokenizer)
 
 
-def tuning_callbacks(model: Any, cfg: AnyTuning, *, log=print) -> list[Any]:
-    """Trainer callbacks a method needs (gradual unfreezing), to add to the stage's trainer.
-
-    Stages on rlft's own loop call `GradualUnfreezing.apply(step)` themselves instead.
-    """
+def gradual_unfreezing(model: Any, cfg: AnyTuning, *, log=print) -> GradualUnfreezing | None:
+    """The gradual-unfreezing schedule of `tuning: {method: freeze, unfreeze_every: K}` (logged), else None.
+    A TRL stage applies it through its trainer callback; rlft's own loops call `apply(step)`."""
     if cfg.method != "freeze" or cfg.unfreeze_every is None:
-        return []
+        return None
     schedule = GradualUnfreezing.from_config(model, cfg)
     log(schedule.describe())
-    return [schedule.callback()]
+    return schedule
+
+
+def tuning_callbacks(model: Any, cfg: AnyTuning, *, log=print) -> list[Any]:
+    """Trainer callbacks a method needs (gradual unfreezing), to add to the stage's trainer."""
+    schedule = gradual_unfreezing(model, cfg, log=log)
+    return [schedule.callback()] if schedule is not None else []
 
 
 def tuning_trainer_defaults(cfg: AnyTuning) -> dict[str, Any]:

@@ -8,7 +8,7 @@
                           episodes, the KL controller, the prompt sampler's position, the LR schedule
 
 The pipeline resumes a stage from the last `checkpoint-*` holding a `trainer_state.json`
-(rlft.pipeline._resume_point), the same rule as for the TRL stages. accelerate reads its files
+(rlft.pipeline.decide), the same rule as for the TRL stages. accelerate reads its files
 back with `torch.load(weights_only=True)` (RNG states through its list of safe globals).
 """
 

@@ -1,8 +1,9 @@
-"""Stage kinds. One explicit dict maps a `kind:` to the module that holds its config and `run`.
+"""Stage kinds. One explicit dict maps a `kind:` to the class of its config, in the module that
+also holds its `run(cfg, ctx) -> StageResult`.
 
-Each module defines ``Config`` (a pydantic model, a subclass of ``StageBase``) and
-``run(cfg, ctx) -> StageResult``. Modules import only light things at the top; torch,
-transformers and trl are imported inside ``run``.
+Modules import only light things at the top (pydantic, rlft's config schemas); torch,
+transformers and trl are imported inside ``run``. They are imported when a pipeline names their
+kind, not before: `import rlft.stages` imports none of them.
 """
 
 from __future__ import annotations
@@ -11,21 +12,24 @@ import importlib
 from typing import Any
 
 STAGES: dict[str, str] = {
-    "sft": "rlft.stages.sft",
-    "reward": "rlft.stages.reward",
-    "dpo": "rlft.stages.dpo",
-    "kto": "rlft.stages.kto",
-    "ppo": "rlft.stages.ppo",
-    "grpo": "rlft.stages.grpo",
-    "rloo": "rlft.stages.rloo",
-    "evaluate": "rlft.stages.evaluate",
+    "sft": "rlft.stages.sft:SFTStage",
+    "reward": "rlft.stages.reward:RewardStage",
+    "dpo": "rlft.stages.dpo:DPOStage",
+    "kto": "rlft.stages.kto:KTOStage",
+    "ppo": "rlft.stages.ppo:PPOStage",
+    "grpo": "rlft.stages.grpo:GRPOStage",
+    "rloo": "rlft.stages.rloo:RLOOStage",
+    "evaluate": "rlft.stages.evaluate:EvaluateStage",
 }
 
 
 def stage_module(kind: str) -> Any:
-    return importlib.import_module(STAGES[kind])
+    """The module of a kind: its config class and its `run`."""
+    return importlib.import_module(STAGES[kind].partition(":")[0])
 
 
 def stage_config_class(kind: str) -> Any:
     """The config class of a kind, or None for an unknown kind."""
-    return stage_module(kind).Config if kind in STAGES else None
+    if kind not in STAGES:
+        return None
+    return getattr(stage_module(kind), STAGES[kind].partition(":")[2])

@@ -26,10 +26,8 @@ from pydantic import Field, field_validator, model_validator
 from rlft.config import ModelSource
 from rlft.data import DataConfig
 from rlft.models.tuning import FullTuning, TuningConfig
+from rlft.stages.base import StageContext, StageResult, TrainerStage
 from rlft.stages.common import (
-    StageBase,
-    StageContext,
-    StageResult,
     as_explicit_preferences,
     build_trainer_args,
     finish_policy_stage,
@@ -52,7 +50,7 @@ STAGE_KEYS = {
 TRAIN_METRICS = ("rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected")
 
 
-class Config(StageBase):
+class DPOStage(TrainerStage):
     kind: Literal["dpo"] = "dpo"
     data: DataConfig  # preference pairs: prompt, chosen, rejected (an implicit prompt is split off)
     reference: ModelSource | None = None  # the frozen reference; None = the stage's starting model
@@ -63,7 +61,6 @@ class Config(StageBase):
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)  # assumed flipped-label share: cDPO / rDPO
     max_length: int | None = Field(1024, gt=0)  # prompt + answer tokens; longer pairs are cut at the end
     precompute_reference: bool = False  # reference log-probs computed once before training, cached on disk
-    trainer: dict[str, Any] = {}  # passes through to trl.DPOConfig (checked against its fields)
     evaluate: bool = True  # measure the pipeline's task reward after training
 
     trainer_config_class = "trl.trainer.dpo_config:DPOConfig"
@@ -76,7 +73,7 @@ class Config(StageBase):
         return [value] if isinstance(value, str) else value
 
     @model_validator(mode="after")
-    def _consistent(self) -> Config:
+    def _consistent(self) -> DPOStage:
         if not self.loss_type:
             raise ValueError("loss_type: give at least one loss, e.g. [sigmoid]")
         if len(set(self.loss_type)) != len(self.loss_type):
@@ -128,7 +125,7 @@ def trl_losses(
 
 
 def make_trainer(
-    cfg: Config, ctx: StageContext, *, callbacks: list | None = None
+    cfg: DPOStage, ctx: StageContext, *, callbacks: list | None = None
 ) -> tuple[Any, dict[str, Any]]:
     """Everything up to `trainer.train()`: model, tokenizer, tuning, pairs, DPOConfig, reference, DPOTrainer."""
     from trl import DPOConfig, DPOTrainer
@@ -181,7 +178,7 @@ def final_metrics(trainer: Any) -> dict[str, Any]:
     return metrics
 
 
-def run(cfg: Config, ctx: StageContext) -> StageResult:
+def run(cfg: DPOStage, ctx: StageContext) -> StageResult:
     from rlft.tracking import namespaced, trainer_callback
 
     trainer, info = make_trainer(cfg, ctx, callbacks=[trainer_callback(ctx.tracker)])

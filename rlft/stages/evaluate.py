@@ -8,16 +8,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from rlft.stages.common import StageBase, StageContext, StageResult, measure_task_reward
+from rlft.stages.base import StageBase, StageContext, StageResult
+from rlft.stages.common import measure_task_reward
 
 
-class Config(StageBase):
+class EvaluateStage(StageBase):
     kind: Literal["evaluate"] = "evaluate"
 
     uses_task_eval = True
 
 
-def run(cfg: Config, ctx: StageContext) -> StageResult:
+def run(cfg: EvaluateStage, ctx: StageContext) -> StageResult:
     from rlft.models.loading import load_causal_lm, load_tokenizer, resolve_source
 
     resolved = resolve_source(

@@ -29,10 +29,9 @@ from rlft.data import DataConfig
 from rlft.errors import ConfigError
 from rlft.models.tuning import FullTuning, TuningConfig
 from rlft.rewards import RewardSpec
+from rlft.stages.base import StageContext, StageResult, TrainerStage
 from rlft.stages.common import (
-    StageBase,
-    StageContext,
-    StageResult,
+    build_reward_fn,
     build_trainer_args,
     finish_policy_stage,
     load_data,
@@ -45,19 +44,18 @@ FINAL_METRICS = ("train/loss", "train/reward", "train/reward_std", "train/kl", "
 FINAL_METRICS += ("completions/mean_length", "completions/clipped_ratio")
 
 
-class Config(StageBase):
+class GRPOStage(TrainerStage):
     kind: Literal["grpo"] = "grpo"
     data: DataConfig  # prompts: rows with a `prompt` (other columns reach the reward functions)
     reward: RewardSpec  # {from: reward}, {function: module:fn}, {sum: [...]}: see rlft/rewards.py
     tuning: TuningConfig = Field(default_factory=FullTuning)  # which parameters train
-    trainer: dict[str, Any] = {}  # passes through to trl.GRPOConfig (checked against its fields)
     evaluate: bool = True  # measure the pipeline's task reward after training
 
     trainer_config_class = "trl.trainer.grpo_config:GRPOConfig"
     uses_task_eval = True
 
     @model_validator(mode="after")
-    def _weights_in_reward(self) -> Config:
+    def _weights_in_reward(self) -> GRPOStage:
         if "reward_weights" in self.trainer:
             raise ValueError("trainer.reward_weights: give each part's weight in reward.sum instead")
         return self
@@ -69,21 +67,10 @@ class Config(StageBase):
 def reward_functions(cfg: Any, ctx: StageContext) -> tuple[list[Any], list[float] | None]:
     """(reward_funcs, reward_weights) for TRL: one callable per part of the reward, and their weights
     (None for a single reward, whose weight is applied inside it)."""
-    import os
-
-    import torch
-
-    from reward_models import CompositeReward, build_reward
+    from reward_models import CompositeReward
     from reward_models.composite import Component
-    from rlft.errors import ConfigError
 
-    device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
-    try:
-        reward = build_reward(
-            cfg.reward.to_spec(), stage_paths=ctx.model_paths, base_dir=ctx.base_dir, device=device
-        )
-    except ValueError as e:  # RewardSpecError, RewardLoadError, RewardModelError
-        raise ConfigError(f"stages.{cfg.name}.reward: {e}") from None
+    reward = build_reward_fn(cfg, ctx)
     if len(reward.components) == 1:  # named after its one part, as TRL's logs show it (rewards/<name>/mean)
         return [CompositeReward(reward.components, name=reward.components[0].name)], None
     parts = [CompositeReward([Component(c.name, 1.0, c.fn)], name=c.name) for c in reward.components]
@@ -153,7 +140,7 @@ def run_online(cfg: Any, ctx: StageContext, *, trainer_class: Any, config_class:
     return finish_policy_stage(cfg, ctx, trainer, metrics=metrics, info=info)
 
 
-def run(cfg: Config, ctx: StageContext) -> StageResult:
+def run(cfg: GRPOStage, ctx: StageContext) -> StageResult:
     from trl import GRPOConfig, GRPOTrainer
 
     return run_online(cfg, ctx, trainer_class=GRPOTrainer, config_class=GRPOConfig)

@@ -27,10 +27,8 @@ from pydantic import Field, model_validator
 from rlft.config import ModelSource
 from rlft.data import DataConfig
 from rlft.models.tuning import FullTuning, TuningConfig
+from rlft.stages.base import StageContext, StageResult, TrainerStage
 from rlft.stages.common import (
-    StageBase,
-    StageContext,
-    StageResult,
     build_trainer_args,
     convert_data,
     finish_policy_stage,
@@ -51,7 +49,7 @@ STAGE_KEYS = {
 TRAIN_METRICS = ("kl", "rewards/chosen", "rewards/rejected", "rewards/margins")
 
 
-class Config(StageBase):
+class KTOStage(TrainerStage):
     kind: Literal["kto"] = "kto"
     data: DataConfig  # unpaired rows (prompt, completion, label) or preference pairs (unpaired here)
     reference: ModelSource | None = None  # the frozen reference; None = the stage's starting model
@@ -62,7 +60,6 @@ class Config(StageBase):
     undesirable_weight: float = Field(default=1.0, gt=0)  # weight of undesirable rows' losses
     max_length: int | None = Field(1024, gt=0)  # prompt + answer tokens; longer rows are cut at the end
     precompute_reference: bool = False  # reference log-probs computed once before training, cached on disk
-    trainer: dict[str, Any] = {}  # passes through to trl.KTOConfig (checked against its fields)
     evaluate: bool = True  # measure the pipeline's task reward after training
 
     trainer_config_class = "trl.trainer.kto_config:KTOConfig"
@@ -70,7 +67,7 @@ class Config(StageBase):
     preference_data = True
 
     @model_validator(mode="after")
-    def _stage_keys_here(self) -> Config:
+    def _stage_keys_here(self) -> KTOStage:
         for key, stage_key in STAGE_KEYS.items():
             if key in self.trainer:
                 raise ValueError(f"trainer.{key}: set {stage_key} on the stage itself, not in trainer")
@@ -83,7 +80,7 @@ class Config(StageBase):
 
 
 def make_trainer(
-    cfg: Config, ctx: StageContext, *, callbacks: list | None = None
+    cfg: KTOStage, ctx: StageContext, *, callbacks: list | None = None
 ) -> tuple[Any, dict[str, Any]]:
     """Everything up to `trainer.train()`: model, tokenizer, tuning, rows, KTOConfig, reference, KTOTrainer."""
     from trl import KTOConfig, KTOTrainer
@@ -131,7 +128,7 @@ def make_trainer(
     return trainer, info
 
 
-def run(cfg: Config, ctx: StageContext) -> StageResult:
+def run(cfg: KTOStage, ctx: StageContext) -> StageResult:
     from rlft.tracking import namespaced, trainer_callback
 
     trainer, info = make_trainer(cfg, ctx, callbacks=[trainer_callback(ctx.tracker)])

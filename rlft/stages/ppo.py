@@ -35,7 +35,8 @@ from rlft.config import ModelSource, Strict
 from rlft.data import DataConfig
 from rlft.models.tuning import FullTuning, TuningConfig
 from rlft.rewards import RewardSpec
-from rlft.stages.common import StageBase, StageContext, StageResult, measure_task_reward, report_data
+from rlft.stages.base import StageBase, StageContext, StageResult
+from rlft.stages.common import build_reward_fn, load_data, load_policy, report_data, save_policy
 
 
 class AdaptiveKL(Strict):
@@ -49,7 +50,7 @@ class AdaptiveKL(Strict):
     )  # episodes for beta to move ~20% at a steady 20% error: lower adapts faster
 
 
-class Config(StageBase):
+class PPOStage(StageBase):
     kind: Literal["ppo"] = "ppo"
     data: (
         DataConfig  # prompts: rows with a `prompt` (other columns, e.g. `answer`, reach the reward as fields)
@@ -116,7 +117,7 @@ class Config(StageBase):
     uses_task_eval = True
 
     @model_validator(mode="after")
-    def _consistent(self) -> Config:
+    def _consistent(self) -> PPOStage:
         if (self.steps is None) == (self.total_episodes is None):
             raise ValueError(
                 "give exactly one of steps (PPO updates) and total_episodes (prompts rolled out)"
@@ -141,13 +142,13 @@ class Config(StageBase):
         return math.ceil(self.total_episodes / (self.rollout_batch_size * world_size))
 
 
-def run(cfg: Config, ctx: StageContext) -> StageResult:
+def run(cfg: PPOStage, ctx: StageContext) -> StageResult:
     import torch
     from accelerate.utils import DistributedType, set_seed
 
     from rlft.models.loading import resolve_source
     from rlft.rl.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-    from rlft.rl.critic import ActorCritic
+    from rlft.rl.critic import ActorCritic, disable_dropout
     from rlft.rl.metrics import mean_over_processes, sample_rows, step_metrics, weights_checksum
     from rlft.rl.rollout import (
         PromptSampler,
@@ -171,11 +172,12 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     )
     accelerator = make_accelerator(cfg)
     rank, world = accelerator.process_index, accelerator.num_processes
-    policy, tokenizer, info = load_policy(cfg, ctx, source)
+    loaded = load_policy(cfg, ctx, resolved=source)
+    policy, tokenizer, info, unfreezing = loaded.model, loaded.tokenizer, loaded.info, loaded.unfreezing
+    disable_dropout(policy)
     reference, adapters_off, info["reference"] = load_reference(cfg, ctx, policy=policy, tokenizer=tokenizer)
     critic, info["critic"] = load_critic(cfg, ctx, tokenizer=tokenizer)
     prompts = load_prompts(cfg, ctx, tokenizer, info)
-    unfreezing = gradual_unfreezing(cfg, policy)
 
     steps = cfg.total_steps(world)
     updates_per_step = cfg.ppo_epochs * cfg.rollout_batch_size // cfg.minibatch_size  # optimizer steps
@@ -315,7 +317,6 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
 
     # --- save -------------------------------------------------------------------------------
     from rlft.distributed import gathered_submodule
-    from rlft.models.tuning import model_to_run, save_model
 
     last = ctx.tracker.last
     result: dict[str, Any] = {"train/global_step": steps, "ppo/episodes": episodes}
@@ -336,16 +337,10 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     # The policy, whole on the main process (gathered under ZeRO-3), None on the others.
     policy = gathered_submodule(accelerator, model, "policy")
     if policy is not None:
-        info["saved"] = save_model(policy, tokenizer, ctx.artifact_dir)
+        save_policy(policy, tokenizer, cfg, ctx, metrics=result, info=info, step=steps)
         samples = ctx.work_dir / "ppo_samples.jsonl"
         if samples.exists():
             (ctx.artifact_dir / samples.name).write_bytes(samples.read_bytes())
-        if cfg.evaluate:
-            evaluation = measure_task_reward(model_to_run(policy), tokenizer, ctx)
-            if evaluation is not None:
-                result["task_reward"] = evaluation["task_reward"]
-                info["samples"] = evaluation["samples"]
-                ctx.tracker.log({"task/reward": evaluation["task_reward"]}, step=steps)
     accelerator.wait_for_everyone()
     return StageResult(metrics=result, info=info, rank=rank_info)
 
@@ -353,27 +348,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
 # --- setup helpers (each used once by `run`, in this order) --------------------------------------
 
 
-def build_reward_fn(cfg: Config, ctx: StageContext) -> Any:
-    """The reward as one function f(prompts, completions, **fields) (reward_models.CompositeReward)."""
-    import os
-
-    import torch
-
-    from reward_models import build_reward
-    from rlft.errors import ConfigError
-
-    device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
-    try:
-        return build_reward(
-            cfg.reward.to_spec(), stage_paths=ctx.model_paths, base_dir=ctx.base_dir, device=device
-        )
-    except ValueError as e:  # RewardSpecError, RewardLoadError, RewardModelError
-        raise ConfigError(
-            f"stages.{cfg.name}.{e}" if str(e).startswith("reward") else f"stages.{cfg.name}.reward: {e}"
-        ) from None
-
-
-def make_accelerator(cfg: Config) -> Any:
+def make_accelerator(cfg: PPOStage) -> Any:
     """accelerate as `accelerate launch` configured it, on the CPU when there is no CUDA device.
 
     Without CUDA the process group is set up on the CPU first (gloo; what the HF Trainer does with
@@ -396,28 +371,7 @@ def make_accelerator(cfg: Config) -> Any:
     return accelerator
 
 
-def load_policy(cfg: Config, ctx: StageContext, resolved: Any) -> tuple[Any, Any, dict[str, Any]]:
-    """The policy (an adapter-only start merged first, then the tuning strategy) and its tokenizer."""
-    from rlft.models.loading import load_tokenizer
-    from rlft.models.tuning import apply_tuning, count_parameters, describe_parameters
-    from rlft.reference import load_merged_model
-    from rlft.rl.critic import disable_dropout
-
-    ctx.log(f"policy: {resolved.description}")
-    tokenizer, fixups = load_tokenizer(resolved, log=ctx.log)
-    policy = load_merged_model(resolved, dtype=cfg.model.dtype, tokenizer=tokenizer, log=ctx.log)
-    policy = apply_tuning(policy, cfg.tuning, tokenizer=tokenizer)
-    disable_dropout(policy)
-    params = count_parameters(policy)
-    ctx.log(describe_parameters(cfg.tuning, params))
-    return (
-        policy,
-        tokenizer,
-        {"parameters": params, "tokenizer_fixups": fixups, "model": resolved.description},
-    )
-
-
-def load_reference(cfg: Config, ctx: StageContext, *, policy: Any, tokenizer: Any) -> tuple[Any, bool, str]:
+def load_reference(cfg: PPOStage, ctx: StageContext, *, policy: Any, tokenizer: Any) -> tuple[Any, bool, str]:
     """(reference model, whether it is the policy with adapters disabled, what it is).
 
     The policy with its adapters disabled *is* the starting model when a mergeable adapter
@@ -426,33 +380,20 @@ def load_reference(cfg: Config, ctx: StageContext, *, policy: Any, tokenizer: An
     """
     from peft import PeftModel
 
-    from rlft.errors import ConfigError
-    from rlft.models.loading import resolve_source
-    from rlft.reference import load_merged_model, same_source
+    from rlft.reference import load_frozen_reference, reference_source
     from rlft.rl.critic import disable_dropout
 
-    explicit = cfg.reference is not None and not same_source(cfg.reference, cfg.model)
+    source, explicit = reference_source(cfg)
     if not explicit and isinstance(policy, PeftModel) and not policy.active_peft_config.is_prompt_learning:
         return None, True, "the starting model (the policy with its adapters disabled)"
-    source = cfg.reference if explicit else cfg.model
-    resolved = resolve_source(
-        source, model_paths=ctx.model_paths, run_dir=ctx.run_dir, base_dir=ctx.base_dir, key="reference"
+    reference, description = load_frozen_reference(
+        source, ctx, policy=policy, tokenizer=tokenizer, stage=cfg.name
     )
-    reference = load_merged_model(resolved, dtype=source.dtype, tokenizer=tokenizer, log=ctx.log)
-    if reference.get_input_embeddings().num_embeddings != policy.get_input_embeddings().num_embeddings:
-        raise ConfigError(
-            f"stages.{cfg.name}.reference: {resolved.description} has a vocabulary of "
-            f"{reference.get_input_embeddings().num_embeddings} tokens, the policy "
-            f"{policy.get_input_embeddings().num_embeddings}; the reference scores the policy's tokens: "
-            "use a model with the policy's tokenizer"
-        )
-    reference.eval()
-    reference.requires_grad_(False)
     disable_dropout(reference)
-    return reference, False, resolved.description if explicit else "the starting model (a frozen copy)"
+    return reference, False, description if explicit else "the starting model (a frozen copy)"
 
 
-def load_critic(cfg: Config, ctx: StageContext, *, tokenizer: Any) -> tuple[Any, str]:
+def load_critic(cfg: PPOStage, ctx: StageContext, *, tokenizer: Any) -> tuple[Any, str]:
     """The critic: from `critic:`, else the reward model (critic_init reward/auto), else the policy's start.
 
     The critic reads the policy's token ids, so a reward model with another tokenizer cannot be
@@ -516,7 +457,7 @@ def load_critic(cfg: Config, ctx: StageContext, *, tokenizer: Any) -> tuple[Any,
     return critic, f"{resolved.description} ({head})"
 
 
-def _reward_scale(cfg: Config, entry: RewardSpec, folder: str) -> tuple[float, float]:
+def _reward_scale(cfg: PPOStage, entry: RewardSpec, folder: str) -> tuple[float, float]:
     """(scale, shift) that turn the reward model's raw score into its part of the PPO reward:
     its weight (times the sum's), after normalisation by reward_stats.json when asked."""
     from reward_models.model import load_reward_stats
@@ -541,31 +482,13 @@ def _tokenizer_mismatch(folder: str, tokenizer: Any) -> str | None:
     return None
 
 
-def load_prompts(cfg: Config, ctx: StageContext, tokenizer: Any, info: dict[str, Any]) -> Any:
+def load_prompts(cfg: PPOStage, ctx: StageContext, tokenizer: Any, info: dict[str, Any]) -> Any:
     """The training prompts: prompt-only rows (any format with a `prompt` column reads as prompt-only)."""
-    from rlft.data import load_stage_data
-
-    data = load_stage_data(
-        cfg.data,
-        formats=("prompt_only",),
-        base_dir=ctx.base_dir,
-        rejects_path=ctx.work_dir / "rejects.jsonl",
-        section=f"stages.{cfg.name}.data",
-        tokenizer=tokenizer,
-    )
+    data = load_data(cfg, ctx, formats=("prompt_only",), tokenizer=tokenizer)
     ctx.log(f"data: {len(data.train)} prompts ({data.report['style']})")
     report_data(data, tokenizer, ctx, max_length=cfg.max_prompt_length)
     info["data"] = data.report
     return data.train
-
-
-def gradual_unfreezing(cfg: Config, policy: Any) -> Any:
-    """`tuning: {method: freeze, unfreeze_every: K}`: the schedule, applied at each update (else None)."""
-    from rlft.models.tuning import GradualUnfreezing
-
-    if cfg.tuning.method != "freeze" or cfg.tuning.unfreeze_every is None:
-        return None
-    return GradualUnfreezing.from_config(policy, cfg.tuning)
 
 
 def place_reference(reference: Any, accelerator: Any, model: Any, *, adapters_off: bool) -> Any:
@@ -582,7 +505,7 @@ def place_reference(reference: Any, accelerator: Any, model: Any, *, adapters_of
     return reference.to(accelerator.device)
 
 
-def make_kl_controller(cfg: Config) -> Any:
+def make_kl_controller(cfg: PPOStage) -> Any:
     from rlft.rl.kl_controller import AdaptiveKLController, FixedKLController
 
     if cfg.adaptive_kl is None:

@@ -23,10 +23,8 @@ from pydantic import Field
 
 from rlft.data import DataConfig
 from rlft.models.tuning import FullTuning, TuningConfig
+from rlft.stages.base import StageContext, StageResult, TrainerStage
 from rlft.stages.common import (
-    StageBase,
-    StageContext,
-    StageResult,
     as_explicit_preferences,
     build_trainer_args,
     load_data,
@@ -37,13 +35,12 @@ from rlft.stages.common import (
 STATS_FILE = "reward_stats.json"  # {"mean", "std", "n"}: rewards of the training responses
 
 
-class Config(StageBase):
+class RewardStage(TrainerStage):
     kind: Literal["reward"] = "reward"
     data: DataConfig  # preference pairs: prompt, chosen, rejected (optional margin)
     tuning: TuningConfig = Field(
         default_factory=FullTuning
     )  # which parameters train (the score head always does)
-    trainer: dict[str, Any] = {}  # passes through to trl.RewardConfig (checked against its fields)
     stats_rows: int = Field(default=2000, gt=0)  # training pairs scored for the normalisation statistics
 
     trainer_config_class = "trl.trainer.reward_config:RewardConfig"
@@ -51,7 +48,7 @@ class Config(StageBase):
 
 
 def make_trainer(
-    cfg: Config, ctx: StageContext, *, callbacks: list | None = None
+    cfg: RewardStage, ctx: StageContext, *, callbacks: list | None = None
 ) -> tuple[Any, dict[str, Any]]:
     """Everything up to `trainer.train()`."""
     from trl import RewardConfig, RewardTrainer
@@ -142,7 +139,7 @@ def pair_metrics(chosen: Any, rejected: Any) -> dict[str, float]:
     }
 
 
-def run(cfg: Config, ctx: StageContext) -> StageResult:
+def run(cfg: RewardStage, ctx: StageContext) -> StageResult:
     import torch
 
     from rlft.distributed import gathered_model

@@ -14,16 +14,16 @@ from __future__ import annotations
 from typing import Literal
 
 from rlft.stages import grpo
-from rlft.stages.common import StageContext, StageResult
+from rlft.stages.base import StageContext, StageResult
 
 
-class Config(grpo.Config):
+class RLOOStage(grpo.GRPOStage):
     kind: Literal["rloo"] = "rloo"  # type: ignore[assignment]
 
     trainer_config_class = "trl.trainer.rloo_config:RLOOConfig"
 
 
-def run(cfg: Config, ctx: StageContext) -> StageResult:
+def run(cfg: RLOOStage, ctx: StageContext) -> StageResult:
     from trl import RLOOConfig, RLOOTrainer
 
     return grpo.run_online(cfg, ctx, trainer_class=RLOOTrainer, config_class=RLOOConfig)

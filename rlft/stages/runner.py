@@ -8,17 +8,25 @@ with one rename. Exit codes: 0 done, 2 bad input (message printed), 1 anything e
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 import traceback
 from pathlib import Path
 
-from rlft.artifacts import git_commit, library_versions, model_files_hash, replace_dir, write_json_atomic
+from rlft.artifacts import (
+    git_commit,
+    library_versions,
+    model_files_hash,
+    read_json,
+    replace_dir,
+    write_json_atomic,
+)
 from rlft.config import EvaluateConfig, TrackingConfig
+from rlft.distributed import is_main_process, process_rank, world_size
 from rlft.errors import RlftError
-from rlft.stages import stage_module
-from rlft.stages.common import StageContext, describe_peak_memory, peak_memory, read_json
+from rlft.stages import stage_config_class, stage_module
+from rlft.stages.base import StageContext
+from rlft.stages.common import describe_peak_memory, peak_memory
 from rlft.tracking import Tracker
 
 
@@ -29,8 +37,8 @@ def main(work_dir: str) -> int:
         print(f"[rlft] {work}/plan.json is missing or unreadable", file=sys.stderr)
         return 2
     module = stage_module(plan["kind"])
-    cfg = module.Config.model_validate(plan["stage"])
-    main_process = int(os.environ.get("RANK", "0")) == 0
+    cfg = stage_config_class(plan["kind"]).model_validate(plan["stage"])
+    main_process = is_main_process()
 
     ctx = StageContext(
         pipeline=plan["pipeline"],
@@ -84,7 +92,7 @@ def main(work_dir: str) -> int:
     result.info["peak_memory"] = peak_memory()
     ctx.log(describe_peak_memory(result.info["peak_memory"]))
     ctx.tracker.finish(result.metrics, model_dir=ctx.artifact_dir if result.has_model else None)
-    rank = int(os.environ.get("RANK", "0"))
+    rank = process_rank()
     if result.rank:
         write_json_atomic(work / "ranks" / f"rank-{rank}.json", result.rank)
     if not main_process:
@@ -96,7 +104,7 @@ def main(work_dir: str) -> int:
         metrics=result.metrics,
         info=result.info,
         has_model=result.has_model,
-        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        world_size=world_size(),
         artifact_hash=model_files_hash(ctx.artifact_dir) if result.has_model else None,
     )
     write_json_atomic(ctx.artifact_dir / "stage.json", record)

@@ -19,10 +19,8 @@ from pydantic import Field
 from rlft.data import DataConfig
 from rlft.errors import ConfigError
 from rlft.models.tuning import FullTuning, TuningConfig
+from rlft.stages.base import StageContext, StageResult, TrainerStage
 from rlft.stages.common import (
-    StageBase,
-    StageContext,
-    StageResult,
     build_trainer_args,
     finish_policy_stage,
     load_data,
@@ -31,11 +29,10 @@ from rlft.stages.common import (
 )
 
 
-class Config(StageBase):
+class SFTStage(TrainerStage):
     kind: Literal["sft"] = "sft"
     data: DataConfig  # training (and eval) data: prompt-completion or language modelling
     tuning: TuningConfig = Field(default_factory=FullTuning)  # which parameters train
-    trainer: dict[str, Any] = {}  # passes through to trl.SFTConfig (checked against its fields)
     evaluate: bool = True  # measure the pipeline's task reward after training
 
     trainer_config_class = "trl.trainer.sft_config:SFTConfig"
@@ -43,7 +40,7 @@ class Config(StageBase):
 
 
 def trainer_args(
-    cfg: Config, ctx: StageContext, *, has_eval: bool, conversational_lm: bool, template: str | None
+    cfg: SFTStage, ctx: StageContext, *, has_eval: bool, conversational_lm: bool, template: str | None
 ) -> Any:
     """SFTConfig: rlft's defaults, then the stage's `trainer:` section."""
     # `messages` data: train on assistant turns only, when the template can mark them.
@@ -60,7 +57,7 @@ def trainer_args(
 
 
 def make_trainer(
-    cfg: Config, ctx: StageContext, *, callbacks: list | None = None
+    cfg: SFTStage, ctx: StageContext, *, callbacks: list | None = None
 ) -> tuple[Any, dict[str, Any]]:
     """Everything up to `trainer.train()`: model, tokenizer, tuning, data, SFTConfig, SFTTrainer."""
     from trl import SFTTrainer
@@ -97,7 +94,7 @@ def make_trainer(
 
 
 def _check_truncation(
-    cfg: Config, ctx: StageContext, *, before: int, after: int, max_length: int | None
+    cfg: SFTStage, ctx: StageContext, *, before: int, after: int, max_length: int | None
 ) -> None:
     """TRL drops rows whose completion was truncated away; say so, and refuse to train on nothing."""
     if after == before:
@@ -108,7 +105,7 @@ def _check_truncation(
     ctx.log(f"WARNING: {what}; they are left out (raise trainer.max_length to keep them)")
 
 
-def run(cfg: Config, ctx: StageContext) -> StageResult:
+def run(cfg: SFTStage, ctx: StageContext) -> StageResult:
     from rlft.tracking import trainer_callback
 
     trainer, info = make_trainer(cfg, ctx, callbacks=[trainer_callback(ctx.tracker)])

@@ -21,7 +21,7 @@ from rlft.models.tuning import (
     save_model,
 )
 from rlft.stages import reward, sft
-from rlft.stages.common import StageContext
+from rlft.stages.base import StageContext
 from rlft.tracking import Tracker
 
 IDS = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16]])  # (B, T) any token ids
@@ -90,7 +90,7 @@ def make(tmp_path: Path, model: Path | str, tuning: dict, *, steps: int = 30, lr
         model_paths={},
         tracker=Tracker(work / "metrics.jsonl"),
     )
-    return sft.Config.model_validate(spec), ctx
+    return sft.SFTStage.model_validate(spec), ctx
 
 
 def logits(model, ids=IDS):
@@ -166,7 +166,7 @@ def test_reward_model_methods_train_their_parameters_and_the_head(tmp_path, base
     ctx = StageContext(
         "t", tmp_path, work, work / "artifact", tmp_path, {}, tracker=Tracker(work / "m.jsonl")
     )
-    trainer, info = reward.make_trainer(reward.Config.model_validate(spec), ctx)
+    trainer, info = reward.make_trainer(reward.RewardStage.model_validate(spec), ctx)
     model = trainer.model
     before = snapshot(model)
     trainer.train()

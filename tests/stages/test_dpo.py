@@ -12,7 +12,7 @@ from conftest import QUICKSTART_DATA
 from rlft.errors import ConfigError
 from rlft.models.tiny import build_tiny_from_texts
 from rlft.stages import dpo, sft
-from rlft.stages.common import StageContext
+from rlft.stages.base import StageContext
 from rlft.tracking import Tracker, read_metrics
 
 LOG2 = math.log(2)
@@ -42,7 +42,7 @@ def context(tmp_path: Path, name: str = "work") -> StageContext:
     )
 
 
-def make(model: dict, **overrides) -> dpo.Config:
+def make(model: dict, **overrides) -> dpo.DPOStage:
     spec = {
         "name": "dpo",
         "kind": "dpo",
@@ -57,7 +57,7 @@ def make(model: dict, **overrides) -> dpo.Config:
         },
         **overrides,
     }
-    return dpo.Config.model_validate(spec)
+    return dpo.DPOStage.model_validate(spec)
 
 
 def step_zero(trainer) -> tuple[float, list[float], list[float]]:
@@ -74,7 +74,7 @@ def step_zero(trainer) -> tuple[float, list[float], list[float]]:
 def sft_lora(tiny_model, tmp_path_factory) -> Path:
     """A LoRA SFT artifact: merged model at the root, the adapter alone in adapter/."""
     tmp = tmp_path_factory.mktemp("sft_lora")
-    cfg = sft.Config.model_validate(
+    cfg = sft.SFTStage.model_validate(
         {
             "name": "sft",
             "kind": "sft",
@@ -254,7 +254,7 @@ def test_prompt_tuning_keeps_the_starting_model_as_reference(tmp_path, tiny_mode
     # reference (its log-probs precomputed: TRL cannot run a separate PeftModel as reference).
     ctx = context(tmp_path, "sft")
     sft.run(
-        sft.Config.model_validate(
+        sft.SFTStage.model_validate(
             {
                 "name": "sft",
                 "kind": "sft",

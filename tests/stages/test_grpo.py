@@ -9,8 +9,8 @@ from conftest import QUICKSTART_DATA
 
 from rlft.errors import ConfigError
 from rlft.models.tiny import build_tiny_from_texts
-from rlft.stages import grpo, rloo
-from rlft.stages.common import StageContext
+from rlft.stages import grpo, rloo, stage_config_class
+from rlft.stages.base import StageContext
 from rlft.tracking import Tracker, read_metrics
 
 REWARDS = """
@@ -65,7 +65,7 @@ def make(module, tmp_path: Path, tiny_model: Path, **overrides) -> tuple[object,
         },
         **overrides,
     }
-    cfg = module.Config.model_validate(spec)
+    cfg = stage_config_class(spec["kind"]).model_validate(spec)
     work = tmp_path / "work"
     (work / "artifact").mkdir(parents=True, exist_ok=True)
     ctx = StageContext(
@@ -152,7 +152,7 @@ def test_weighted_sum_goes_to_trl_part_by_part(tmp_path, tiny_model, reward_mode
 def test_config_checks():
     base = {"name": "g", "kind": "grpo", "data": {"train": "x.jsonl"}, "reward": {"from": "reward"}}
     with pytest.raises(ValueError, match="reward_weights: give each part's weight in reward.sum"):
-        grpo.Config.model_validate({**base, "trainer": {"reward_weights": [1.0]}})
-    cfg = rloo.Config.model_validate({**base, "kind": "rloo", "model": {"from": "sft"}})
+        grpo.GRPOStage.model_validate({**base, "trainer": {"reward_weights": [1.0]}})
+    cfg = rloo.RLOOStage.model_validate({**base, "kind": "rloo", "model": {"from": "sft"}})
     assert cfg.references() == [("model", "sft"), ("reward", "reward")]
     assert cfg.trainer_config_class.endswith("RLOOConfig")

@@ -9,7 +9,7 @@ from conftest import QUICKSTART_DATA
 
 from rlft.models.tiny import build_tiny_from_texts
 from rlft.stages import kto
-from rlft.stages.common import StageContext
+from rlft.stages.base import StageContext
 from rlft.tracking import Tracker, read_metrics
 
 
@@ -34,7 +34,7 @@ def context(tmp_path: Path, name: str = "work") -> StageContext:
     )
 
 
-def make(tiny_model: Path, data: dict, **overrides) -> kto.Config:
+def make(tiny_model: Path, data: dict, **overrides) -> kto.KTOStage:
     spec = {
         "name": "kto",
         "kind": "kto",
@@ -49,7 +49,7 @@ def make(tiny_model: Path, data: dict, **overrides) -> kto.Config:
         },
         **overrides,
     }
-    return kto.Config.model_validate(spec)
+    return kto.KTOStage.model_validate(spec)
 
 
 def test_kto_on_paired_data_runs_and_its_loss_falls(tmp_path, tiny_model):
@@ -93,7 +93,7 @@ def test_kto_on_unpaired_rows_with_a_cached_reference(tmp_path, tiny_model):
 
 def test_kto_needs_two_rows_per_batch():
     with pytest.raises(ValueError, match="at least 2 rows per device"):
-        kto.Config.model_validate(
+        kto.KTOStage.model_validate(
             {
                 "name": "kto",
                 "kind": "kto",

@@ -12,7 +12,7 @@ from conftest import QUICKSTART_DATA
 from rlft.errors import ConfigError
 from rlft.models.tiny import build_tiny_from_texts
 from rlft.stages import ppo
-from rlft.stages.common import StageContext
+from rlft.stages.base import StageContext
 from rlft.tracking import Tracker, read_metrics
 
 REWARDS = '''
@@ -41,7 +41,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 def make(
     tmp_path: Path, tiny_model: Path, work: str = "work", **overrides
-) -> tuple[ppo.Config, StageContext]:
+) -> tuple[ppo.PPOStage, StageContext]:
     (tmp_path / "rewards.py").write_text(REWARDS)
     spec = {
         "name": "ppo",
@@ -58,7 +58,7 @@ def make(
         "sample_every": 2,
         **overrides,
     }
-    cfg = ppo.Config.model_validate(spec)
+    cfg = ppo.PPOStage.model_validate(spec)
     work_dir = tmp_path / work
     (work_dir / "artifact").mkdir(parents=True, exist_ok=True)
     ctx = StageContext(
@@ -261,10 +261,10 @@ def _tokenizer(folder: Path):
 def test_config_checks():
     base = {"name": "p", "kind": "ppo", "data": {"train": "x.jsonl"}, "reward": {"from": "reward"}}
     with pytest.raises(ValueError, match="exactly one of steps"):
-        ppo.Config.model_validate(base)
+        ppo.PPOStage.model_validate(base)
     with pytest.raises(ValueError, match="multiple of minibatch_size"):
-        ppo.Config.model_validate({**base, "steps": 1, "rollout_batch_size": 10, "minibatch_size": 4})
-    cfg = ppo.Config.model_validate(
+        ppo.PPOStage.model_validate({**base, "steps": 1, "rollout_batch_size": 10, "minibatch_size": 4})
+    cfg = ppo.PPOStage.model_validate(
         {**base, "total_episodes": 100, "rollout_batch_size": 16, "model": {"from": "sft"}}
     )
     assert cfg.total_steps(world_size=2) == 4  # ceil(100 / 32)
@@ -286,8 +286,8 @@ def test_two_cpu_processes_train_one_policy(tmp_path, launch, monkeypatch):
     sharded, gathered once per rollout) the same, and the artifact holds the whole weights."""
     from safetensors import safe_open
 
-    from rlft.config import load_pipeline
     from rlft.pipeline import run_pipeline
+    from rlft.pipeline_file import load_pipeline
 
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")
 
@@ -333,8 +333,8 @@ stages:
 def test_pipeline_checks_and_hashes_the_reward_artifact(tmp_path):
     """`reward: {from: reward}` must name an earlier stage, and its artifact is an input of the PPO stage:
     a retrained reward model re-runs PPO."""
-    from rlft.config import load_pipeline
     from rlft.pipeline import stage_fingerprint
+    from rlft.pipeline_file import load_pipeline
 
     def pipeline(order: list[str]) -> Path:
         stages = {

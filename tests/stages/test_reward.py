@@ -12,7 +12,7 @@ from conftest import QUICKSTART_DATA
 from reward_models import RewardModel
 from rlft.models.tiny import build_tiny_from_texts
 from rlft.stages import reward
-from rlft.stages.common import StageContext
+from rlft.stages.base import StageContext
 from rlft.tracking import Tracker
 
 
@@ -63,7 +63,7 @@ def make(tmp_path: Path, tiny_model: Path, train: Path, eval_: Path | None = Non
         model_paths={},
         tracker=Tracker(work / "metrics.jsonl"),
     )
-    return reward.Config.model_validate(spec), ctx
+    return reward.RewardStage.model_validate(spec), ctx
 
 
 class FixedScores(torch.nn.Module):

@@ -10,7 +10,7 @@ from conftest import QUICKSTART_DATA
 
 from rlft.models.tiny import build_tiny_from_texts
 from rlft.stages import sft
-from rlft.stages.common import StageContext
+from rlft.stages.base import StageContext
 from rlft.tracking import Tracker, read_metrics
 
 
@@ -22,7 +22,7 @@ def tiny_model(tmp_path_factory) -> Path:
     )
 
 
-def make(tmp_path: Path, tiny_model: Path, **overrides) -> tuple[sft.Config, StageContext]:
+def make(tmp_path: Path, tiny_model: Path, **overrides) -> tuple[sft.SFTStage, StageContext]:
     spec = {
         "name": "sft",
         "kind": "sft",
@@ -36,7 +36,7 @@ def make(tmp_path: Path, tiny_model: Path, **overrides) -> tuple[sft.Config, Sta
         },
         **overrides,
     }
-    cfg = sft.Config.model_validate(spec)
+    cfg = sft.SFTStage.model_validate(spec)
     work = tmp_path / "work"
     ctx = StageContext(
         pipeline="t",

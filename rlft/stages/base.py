@@ -1,0 +1,146 @@
+"""The types every stage shares: its config base, the context it runs in, and what it returns.
+
+A stage is a config plus a function (DESIGN.md decision 2): `stages/<kind>.py` declares a config
+class (a `StageBase`, or a `TrainerStage` for the stages on a TRL trainer) and
+`run(cfg, ctx: StageContext) -> StageResult`. These types sit below everything a stage uses to set
+itself up (rlft/reference.py, rlft/stages/common.py), so those can be typed with them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from rlft.config import NAME_PATTERN, EvaluateConfig, ModelSource, Strict, TrackingConfig
+from rlft.distributed import is_main_process
+from rlft.tracking import Tracker
+from rlft.trainer_fields import TRAINER_DEFAULTS
+
+
+class StageBase(Strict):
+    """Keys every stage accepts. A stage's own config class adds its kind's keys."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="unique in the pipeline; names the stage folder")
+    kind: str = Field(description="which stage runs it (see `rlft config show`)")
+    model: ModelSource | None = Field(
+        None, description="what the stage starts from; defaults to the pipeline's `model`"
+    )
+    launch: str | None = Field(
+        None,
+        description="accelerate config (a shipped name like zero3, or a path); none: the stage runs as plain `python -m`",
+    )
+    seed: int = Field(0, description="seeds python, numpy and torch (and the trainer)")
+
+    # "module:Class" of the TRL/transformers config dataclass that `trainer:` passes through to.
+    trainer_config_class: ClassVar[str | None] = None
+    # Whether the stage measures the pipeline's `evaluate:` task reward (its config then counts in the hash).
+    uses_task_eval: ClassVar[bool] = False
+    # Whether the stage trains on preference data; an override `data.KEY=...` without a stage
+    # (`rlft run --set`, `rlft sweep --grid`) applies to every such stage.
+    preference_data: ClassVar[bool] = False
+
+    def references(self) -> list[tuple[str, str]]:
+        """(key, stage name) for every `{from: STAGE}` in this stage's config."""
+        refs = []
+        for key in type(self).model_fields:
+            value = getattr(self, key)
+            if isinstance(value, ModelSource) and value.from_:
+                refs.append((key, value.from_))
+        return refs
+
+    def hashed_config(self) -> dict[str, Any]:
+        """The part of the config that decides the stage's result (what skipping compares)."""
+        return self.model_dump(mode="json", by_alias=True, exclude={"launch"})
+
+
+class TrainerStage(StageBase):
+    """A stage that trains on one of TRL's trainers, configured by its config dataclass
+    (`trainer_config_class`) through the `trainer:` section."""
+
+    trainer: dict[str, Any] = Field(
+        {},
+        description="passes through to the stage's TRL config dataclass (see trainer_config_class); keys are "
+        "checked against its fields",
+    )
+
+    def trainer_settings(
+        self, *, runtime: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Every setting rlft gives the stage's trainer config, merged in one order (later wins):
+        rlft's defaults (rlft.trainer_fields.TRAINER_DEFAULTS), the seed, the machine's and the
+        run's (`runtime`: bf16, use_cpu, eval_strategy), the tuning method's, the stage's own
+        (`defaults`, from its keys and data), and last the stage's `trainer:` section. What is not
+        here is the trainer config's own default. `rlft validate` reads the same merge."""
+        from rlft.models.tuning import tuning_trainer_defaults
+
+        tuning = getattr(self, "tuning", None)
+        settings = {
+            **TRAINER_DEFAULTS,
+            "seed": self.seed,
+            **(runtime or {}),
+            **(tuning_trainer_defaults(tuning) if tuning is not None else {}),
+            **(defaults or {}),
+            **self.trainer,
+        }
+        if "gradient_checkpointing" in self.trainer and "activation_checkpointing" not in self.trainer:
+            settings.pop(
+                "activation_checkpointing"
+            )  # the old name: let transformers map it (it would lose to ours)
+        return settings
+
+
+@dataclass
+class StageContext:
+    """Where a stage runs and what it may use. Built by the runner from the stage's plan file."""
+
+    pipeline: str  # pipeline name
+    run_dir: Path  # runs/<pipeline>
+    work_dir: Path  # runs/<pipeline>/.work/<stage>: checkpoints, logs, partial metrics
+    artifact_dir: Path  # where the stage writes its model/tokenizer; moved into place when done
+    base_dir: Path  # folder of the pipeline file; relative paths resolve against it
+    model_paths: dict[str, str]  # stage name -> final artifact folder, for `{from: STAGE}`
+    evaluate: EvaluateConfig | None = None
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    resume_from: str | None = None  # last trainer checkpoint of a run of this stage that died
+    tracker: Tracker | None = None  # metrics.jsonl (+ W&B, TensorBoard)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.work_dir / "checkpoints"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.work_dir / "metrics.jsonl"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Results reusable across stages and runs (reference log-probs), keyed by content:
+        runs/<pipeline>/cache, or $RLFT_CACHE_DIR when set (`rlft sweep` points share one)."""
+        return Path(os.environ.get("RLFT_CACHE_DIR") or self.run_dir / "cache")
+
+    @property
+    def is_main_process(self) -> bool:
+        return is_main_process()
+
+    def log(self, message: str) -> None:
+        """Print on the main process only."""
+        if self.is_main_process:
+            print(f"[rlft] {message}", flush=True)
+
+
+@dataclass
+class StageResult:
+    """What a stage returns: its metrics summary and facts worth recording in stage.json."""
+
+    metrics: dict[str, Any] = field(
+        default_factory=dict
+    )  # summary: final train/eval metrics, task_reward, ...
+    info: dict[str, Any] = field(default_factory=dict)  # parameters, tokenizer fix-ups, data report, ...
+    has_model: bool = True  # False for stages that only measure (evaluate)
+    rank: dict[str, Any] = field(
+        default_factory=dict
+    )  # this process's view (see rank_summary), one file per rank
