@@ -111,7 +111,7 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch):
     assert "[('base', 'not run'), ('sft', 'ran'), ('reward', 'not run')" in out.stdout
     assert "Pipeline('mine': sft (sft))" in out.stdout
     run = rlft.load_run(tmp_path / "runs" / "api-demo")
-    assert list(run.stages) == ["sft"] and run.stages["sft"]["metrics"]["train/global_step"] == 30
+    assert list(run.stages) == ["sft"] and run.stages["sft"]["metrics"]["train/global_step"] == 60
     metrics = run.metrics()
     assert set(metrics["stage"]) == {"sft"} and metrics["train/loss"].notna().any()
     losses = metrics["train/loss"].dropna()
