@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from rlft.data.config import CurateConfig
-from rlft.data.formats import CONVERSATIONAL, detect_format, shared_messages
+from rlft.data.formats import CONVERSATIONAL, common_prefix, detect_format
 from rlft.errors import DataError
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ def prompt_and_responses(row: dict, format: str) -> tuple[Any, dict[str, Any]]:
     (its text or messages is the one response); an implicit preference row's prompt is the
     messages chosen and rejected begin with, and its responses what follows them."""
     if format == "implicit_preference":
-        n = shared_messages(row["chosen"], row["rejected"])
+        n = common_prefix(row["chosen"], row["rejected"])
         return row["chosen"][:n], {"chosen": row["chosen"][n:], "rejected": row["rejected"][n:]}
     if format == "language_modeling":
         name = "messages" if "messages" in row else "text"

@@ -28,9 +28,9 @@ the end take a `datasets.Dataset` and import `trl` when called.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -298,12 +298,13 @@ def _message_keys(messages: list) -> list[tuple[object, str]]:
     return [(m.get("role"), str(m.get("content", "")).strip()) for m in messages]
 
 
-def shared_messages(chosen: list, rejected: list) -> int:
-    """How many leading messages chosen and rejected share: an implicit preference's prompt. Exact
-    equality, as in TRL's extract_prompt, so the split checked here is the split it makes."""
+def common_prefix(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """How many leading items `a` and `b` share, by exact equality. Of chosen and rejected messages:
+    an implicit preference's prompt, as TRL's extract_prompt splits it; of token ids: how far a
+    prompt's tokens are a prefix of prompt + answer."""
     n = 0
-    for a, b in zip(chosen, rejected, strict=False):
-        if a != b:
+    for x, y in zip(a, b, strict=False):
+        if x != y:
             break
         n += 1
     return n
@@ -354,7 +355,7 @@ def _implicit_preference(row: Mapping, detected: Detected, style: str) -> Proble
     chosen, rejected = row["chosen"], row["rejected"]
     if _same_answer(chosen, rejected):
         return "rejected", SAME_ANSWER
-    shared = shared_messages(chosen, rejected)
+    shared = common_prefix(chosen, rejected)
     if shared == 0:
         return "chosen", (
             "shares no leading message with 'rejected': with no 'prompt' column, the prompt is the messages "

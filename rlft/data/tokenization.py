@@ -43,7 +43,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from rlft.data.formats import CONVERSATIONAL, FORMATS, TEXT_FIELDS, to_explicit_prompt
+from rlft.data.formats import CONVERSATIONAL, FORMATS, TEXT_FIELDS, common_prefix, to_explicit_prompt
 from rlft.errors import DataError
 
 if TYPE_CHECKING:
@@ -121,11 +121,11 @@ def measure_tokens(
         prompt_ids = tokens.ids(r.prompt, special=r.special) if r.prompt is not None else None
         for name, ids in zip(r.sequences, sequence_ids, strict=True):
             if prompt_ids is not None:  # the answer is what the full sequence adds after the shared prefix
-                lengths.setdefault(name, []).append(len(ids) - _common_prefix(prompt_ids, ids))
+                lengths.setdefault(name, []).append(len(ids) - common_prefix(prompt_ids, ids))
         lengths.setdefault(SEQUENCE, []).append(max(len(ids) for ids in sequence_ids))
         if prompt_ids is not None:
             lengths.setdefault("prompt", []).append(len(prompt_ids))
-            shared = min(_common_prefix(prompt_ids, ids) for ids in sequence_ids)
+            shared = min(common_prefix(prompt_ids, ids) for ids in sequence_ids)
             if shared < len(prompt_ids):
                 mismatch += 1
                 if example is None:
@@ -337,15 +337,6 @@ class _Tokens:
         if key not in self._cache:
             self._cache[key] = self.tokenizer(text, add_special_tokens=special)["input_ids"]
         return self._cache[key]
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _cut(text: str) -> str:
