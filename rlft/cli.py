@@ -16,8 +16,8 @@ plain Hugging Face folders under runs/<pipeline>/<stage>/.
 
 Start here:
   rlft quickstart                      train a tiny model from nothing, in minutes, on CPU
-  rlft validate configs/quickstart.yaml
-  rlft run configs/quickstart.yaml
+  rlft validate quickstart             a pipeline file, or one rlft ships by name
+  rlft run quickstart
   rlft data inspect configs/data/quickstart/prefs_train.jsonl --format preference
 """
 
@@ -103,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Build a tiny model and tokenizer from the shipped task data, run the quickstart pipeline "
             "(configs/quickstart.yaml) and print the task reward of greedy generations before and after "
-            "each stage. Same as `rlft run quickstart` (the pipeline file rlft ships; a copy is in a clone's "
-            "configs/quickstart.yaml)."
+            "each stage. Same as `rlft run quickstart` (the pipeline file rlft ships: configs/quickstart.yaml in "
+            "a clone)."
         ),
     )
     _run_options(quick)
