@@ -19,6 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from rlft.config import also_accepts
+
 
 class RewardSpec(BaseModel):
     """Exactly one of ``from``, ``path``, ``function``, ``sum``; a string is shorthand for one.
@@ -26,7 +28,14 @@ class RewardSpec(BaseModel):
     ``"module:fn"`` / ``"file.py:fn"`` is a function, any other string a path.
     """
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        validate_assignment=True,
+        json_schema_extra=also_accepts(
+            {"type": "string", "description": "module:fn or file.py:fn: a function; else a path"}
+        ),
+    )
 
     from_: str | None = Field(None, alias="from", description="a reward stage's artifact, by stage name")
     path: str | None = Field(None, description="a RewardModel folder (relative to the pipeline file)")

@@ -41,6 +41,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rlft.config import also_accepts
 from rlft.data.formats import CANONICAL_FIELDS
 
 
@@ -75,6 +76,12 @@ def _true_means_defaults(value: object) -> object:
     if value is False:
         return None
     return value
+
+
+TRUE_MEANS_DEFAULTS = {
+    "type": "boolean",
+    "description": "true: the defaults; false: off",
+}  # in the JSON Schema
 
 
 class NearDedupConfig(BaseModel):
@@ -145,7 +152,9 @@ class CurateConfig(BaseModel):
         False, description="drop rows equal to an earlier one after NFKC, lowercase, collapsed spaces"
     )
     near_dedup: NearDedupConfig | None = Field(
-        None, description="drop near-duplicates of earlier rows (MinHash/LSH); true = the defaults"
+        None,
+        description="drop near-duplicates of earlier rows (MinHash/LSH); true = the defaults",
+        json_schema_extra=also_accepts(TRUE_MEANS_DEFAULTS),
     )
     drop_identical_pairs: bool = Field(
         False, description="drop pairs whose chosen = rejected, normalised or rendered"
@@ -226,6 +235,7 @@ class DataConfig(BaseModel):
     decontaminate: DecontaminateConfig | None = Field(
         DecontaminateConfig(),
         description="drop train rows whose prompt overlaps an eval prompt (on by default); null: off",
+        json_schema_extra=also_accepts(TRUE_MEANS_DEFAULTS),
     )
 
     _decontaminate_shorthand = field_validator("decontaminate", mode="before")(_true_means_defaults)

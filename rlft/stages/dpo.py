@@ -19,11 +19,11 @@ or sweep point over the same data and reference does not run the reference model
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
-from rlft.config import ModelSource
+from rlft.config import ModelSource, also_accepts
 from rlft.data import DataConfig
 from rlft.models.tuning import FullTuning, TuningConfig
 from rlft.stages.base import StageContext, StageResult, TrainerStage
@@ -70,6 +70,7 @@ class DPOStage(TrainerStage):
         ["sigmoid"],
         description="one loss or several, summed with loss_weights (rlft/losses.py): sigmoid (DPO), ipo, hinge, "
         "robust (rDPO), sigmoid_norm (length-normalised), sft (NLL of chosen)",
+        json_schema_extra=also_accepts({"enum": list(get_args(LossName)), "type": "string"}),
     )
     loss_weights: list[float] | None = Field(None, description="one weight per loss_type; None: 1 each")
     beta: float = Field(0.1, gt=0, description="KL strength: higher keeps the policy closer to the reference")
