@@ -31,7 +31,6 @@ from rlft.errors import ConfigError
 from rlft.stages import STAGES, stage_config_class
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
-SCHEMA_FILE = "rlft.schema.json"  # in configs/, beside the shipped pipeline files
 
 
 @dataclass(frozen=True)
