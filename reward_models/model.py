@@ -160,9 +160,8 @@ class RewardModel:
                 "sequence-classification model (score head included; a LoRA adapter merged first)"
             )
         try:
-            model = attach_prompt(
-                model, folder
-            )  # a prompt/prefix-tuned reward stage keeps its prompt in adapter/
+            # a prompt/prefix-tuned reward stage keeps its prompt in adapter/
+            model = attach_prompt(model, folder)
         except ValueError as e:
             raise RewardModelError(f"reward model '{path}': {e}") from None
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ Start here:
   rlft validate quickstart             a pipeline file, or one rlft ships by name
   rlft run quickstart
   rlft data inspect configs/data/quickstart/prefs_train.jsonl --format preference
+  rlft config show dpo                 every key of a stage kind, with its default and what it does
 """
 
 RUN_EPILOG = """\
@@ -160,6 +162,38 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where data_report.json, data_lengths.png and rejects.jsonl go (default: ./data_report/)",
     )
+    config = sub.add_parser(
+        "config",
+        help="the config reference: every key of a pipeline file and of each stage kind; the JSON Schema",
+        description="Config reference. Every key, its type, default and description, read from the config "
+        "classes themselves.",
+        epilog=CONFIG_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    config.set_defaults(config_parser=config)
+    config_sub = config.add_subparsers(dest="config_command", metavar="CONFIG_COMMAND")
+    show = config_sub.add_parser(
+        "show",
+        help="print every key of a stage kind (or of a pipeline file's top level) with its default and description",
+        description=CONFIG_SHOW_DESCRIPTION,
+        epilog=CONFIG_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    show.add_argument(
+        "kind",
+        nargs="?",
+        metavar="KIND",
+        help="a stage kind (sft, reward, dpo, kto, ppo, grpo, rloo, evaluate) or `pipeline`; "
+        "none: the top-level keys and the kinds",
+    )
+    schema = config_sub.add_parser(
+        "schema",
+        help="write the JSON Schema of a pipeline file (for YAML editors)",
+        description=CONFIG_SCHEMA_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    schema.add_argument("--out", type=Path, metavar="FILE", help="write it to FILE (default: print it)")
+
     export = sub.add_parser(
         "export",
         help="write a stage's model as a plain Hugging Face folder (adapters merged with --merge)",
@@ -243,6 +277,29 @@ Examples:
   rlft data inspect configs/data/quickstart/prefs_train.jsonl --format preference
   rlft data inspect qa.csv --field prompt=question --field completion=answer
   rlft data inspect data/train.jsonl --tokenizer runs/quickstart/sft --max-length 256 --category source
+"""
+
+
+CONFIG_SHOW_DESCRIPTION = """\
+Print every key of a stage kind: its type, default (as YAML writes it) and what it does, nested
+keys flattened with dots (data.curate.dedup; tuning's keys per method), and the TRL config class
+that the stage's `trainer:` section passes through to. Without KIND: a pipeline file's top-level
+keys and the stage kinds.
+"""
+
+CONFIG_SCHEMA_DESCRIPTION = """\
+Write the JSON Schema (draft 2020-12) of a pipeline file: YAML editors use it to check keys and
+complete them. rlft ships it as configs/rlft.schema.json; point a pipeline file at it with this
+first line (the YAML language server, e.g. VS Code's YAML extension, reads it):
+  # yaml-language-server: $schema=rlft.schema.json
+"""
+
+CONFIG_EPILOG = """\
+Examples:
+  rlft config show                     the top-level keys and the stage kinds
+  rlft config show dpo                 every key of a DPO stage
+  rlft config show pipeline            every top-level key, nested ones included
+  rlft config schema --out configs/rlft.schema.json
 """
 
 
@@ -399,6 +456,36 @@ def parse_fields(items: list[str]) -> dict[str, str]:
     return fields
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.config_command is None:
+        args.config_parser.print_help()
+        return 0
+    return CONFIG_COMMANDS[args.config_command](args)
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from rlft.config_reference import show
+
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=200)  # into a file or a pipe: whole rows, not 80-column ones
+    show(args.kind, console=console)
+    return 0
+
+
+def cmd_config_schema(args: argparse.Namespace) -> int:
+    from rlft.config_reference import pipeline_schema_text
+
+    text = pipeline_schema_text()
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        args.out.write_text(text, encoding="utf-8")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from rlft.models.export import export_model
 
@@ -412,9 +499,11 @@ COMMANDS = {
     "validate": cmd_validate,
     "quickstart": cmd_quickstart,
     "data": cmd_data,
+    "config": cmd_config,
     "export": cmd_export,
 }
 DATA_COMMANDS = {"inspect": cmd_data_inspect}
+CONFIG_COMMANDS = {"show": cmd_config_show, "schema": cmd_config_schema}
 
 if __name__ == "__main__":
     sys.exit(main())

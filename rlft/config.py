@@ -12,6 +12,7 @@ This module only declares; it imports nothing of rlft but its errors.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -21,6 +22,21 @@ class Strict(BaseModel):
     """Base of every config model: unknown keys are errors, values are checked on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+
+def also_accepts(*shorthands: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+    """A `json_schema_extra` for a model or field whose "before" validator also takes a shorthand (a
+    string, `true`): its JSON Schema (`rlft config schema`) then accepts the shorthands beside the full
+    form, as the validator does. Give each shorthand as a JSON Schema, e.g. {"type": "string"}."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        full = {
+            key: schema.pop(key) for key in list(schema) if key not in ("title", "description", "default")
+        }
+        branches = full["anyOf"] if list(full) == ["anyOf"] else [full]
+        schema["anyOf"] = [*branches, *shorthands]
+
+    return extra
 
 
 # ---------------------------------------------------------------------------------------------
@@ -54,6 +70,12 @@ class ModelSource(Strict):
     A plain string is shorthand: ``./folder``, ``/abs/folder`` and ``~/folder`` are a ``path``,
     anything else a ``hub`` name (the loader still uses a local folder of that name when one exists).
     """
+
+    model_config = ConfigDict(
+        json_schema_extra=also_accepts(
+            {"type": "string", "description": "./folder, /abs/folder or ~/folder: a path; else a hub name"}
+        )
+    )
 
     from_: str | None = Field(None, alias="from", description="an earlier stage's artifact, by stage name")
     path: str | None = Field(

@@ -19,6 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from rlft.config import also_accepts
+
 
 class RewardSpec(BaseModel):
     """Exactly one of ``from``, ``path``, ``function``, ``sum``; a string is shorthand for one.
@@ -26,15 +28,31 @@ class RewardSpec(BaseModel):
     ``"module:fn"`` / ``"file.py:fn"`` is a function, any other string a path.
     """
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        validate_assignment=True,
+        json_schema_extra=also_accepts(
+            {"type": "string", "description": "module:fn or file.py:fn: a function; else a path"}
+        ),
+    )
 
-    from_: str | None = Field(default=None, alias="from")  # a reward stage's artifact, by stage name
-    path: str | None = None  # a RewardModel folder (relative to the pipeline file)
-    function: str | None = None  # module:function or file.py:function, with the one reward signature
-    sum: list[RewardSpec] | None = None  # a weighted sum of models and functions (one level deep)
-    weight: float = 1.0  # this reward's factor in a sum (or on the whole reward)
-    kwargs: dict[str, Any] = {}  # a function's keyword parameters; a model's batch_size, max_length, dtype
-    normalize: bool = False  # models only: (score - mean) / std from the artifact's reward_stats.json
+    from_: str | None = Field(None, alias="from", description="a reward stage's artifact, by stage name")
+    path: str | None = Field(None, description="a RewardModel folder (relative to the pipeline file)")
+    function: str | None = Field(
+        None,
+        description="module:function or file.py:function, f(prompts, completions, **fields) -> list[float]",
+    )
+    sum: list[RewardSpec] | None = Field(
+        None, description="a weighted sum of models and functions (one level deep)"
+    )
+    weight: float = Field(1.0, description="this reward's factor in a sum (or on the whole reward)")
+    kwargs: dict[str, Any] = Field(
+        {}, description="a function's keyword parameters; a model's batch_size, max_length, dtype"
+    )
+    normalize: bool = Field(
+        False, description="models only: (score - mean) / std from the artifact's reward_stats.json"
+    )
 
     @model_validator(mode="before")
     @classmethod

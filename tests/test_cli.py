@@ -13,7 +13,7 @@ def test_top_level_help_lists_commands(capsys):
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for command in ("run", "validate", "quickstart", "data"):
+    for command in ("run", "validate", "quickstart", "data", "config"):
         assert command in out
     assert "rlft quickstart" in out
 
@@ -47,6 +47,50 @@ def test_data_inspect_help(capsys):
 def test_data_without_subcommand_prints_its_help(capsys):
     assert main(["data"]) == 0
     assert "usage: rlft data" in capsys.readouterr().out
+
+
+def test_config_without_subcommand_prints_its_help(capsys):
+    assert main(["config"]) == 0
+    out = capsys.readouterr().out
+    assert "usage: rlft config" in out and "rlft config show dpo" in out
+
+
+def test_config_show_kind_lists_keys_with_descriptions(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # one line per key
+    assert main(["config", "show", "dpo"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") == 5}
+    assert "KL strength: higher keeps the policy closer to the reference" in rows["beta"]
+    assert "0.1" in rows["beta"] and "float" in rows["beta"]
+    for key in ("name", "loss_type", "data.train", "data.curate.dedup", "tuning.r", "trainer", "reference"):
+        assert key in rows, key
+    assert "drop rows equal to an earlier one" in rows["data.curate.dedup"]
+    assert "trainer: passes through to trl.DPOConfig (trl.trainer.dpo_config:DPOConfig)" in out
+
+
+def test_config_show_without_kind_lists_top_level_and_kinds(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")
+    assert main(["config", "show"]) == 0
+    out = capsys.readouterr().out
+    assert "names the run folder runs/<name>" in out  # the top-level `name`
+    assert "tracking.wandb" not in out  # nested keys: `rlft config show pipeline`
+    for kind, trainer in (("sft", "trl.SFTConfig"), ("dpo", "trl.DPOConfig"), ("ppo", "-")):
+        assert any(
+            line.split("│")[1].strip() == kind and trainer in line for line in out.splitlines() if "│" in line
+        )
+
+
+def test_config_show_pipeline_flattens_nested_keys(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")
+    assert main(["config", "show", "pipeline"]) == 0
+    out = capsys.readouterr().out
+    assert "tracking.wandb" in out and "evaluate.max_new_tokens" in out and "model.tiny.hidden_size" in out
+
+
+def test_config_show_unknown_kind_is_one_line_with_did_you_mean(capsys):
+    assert main(["config", "show", "dpoo"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown kind 'dpoo'; did you mean dpo?") and err.count("\n") == 1
 
 
 def test_no_command_prints_help(capsys):

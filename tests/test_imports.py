@@ -14,6 +14,7 @@ HEAVY = ("torch", "trl", "deepspeed", "wandb", "transformers", "datasets", "peft
         "import rlft, reward_models, rlft.config, rlft.pipeline, rlft.stages.sft, rlft.data",
         "import rlft.stages.dpo, rlft.stages.kto, rlft.reference, rlft.sweep",
         "from rlft.cli import build_parser; build_parser().format_help()",
+        "import rlft.config_reference as r; r.pipeline_schema(); [r.field_docs(r.config_class(k)) for k in r.reference_names()]",
     ],
 )
 def test_light_imports(code):

@@ -41,6 +41,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rlft.config import also_accepts
 from rlft.data.formats import CANONICAL_FIELDS
 
 
@@ -49,10 +50,20 @@ class DataSource(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: str  # .jsonl/.json/.csv/.parquet file, glob, save_to_disk folder, or hub dataset name
-    split: str = "train"  # split of a hub dataset or saved DatasetDict; files have only "train"
-    subset: str | None = None  # hub dataset configuration (subset) name
-    weight: float | None = Field(default=None, gt=0)  # share of the train mix; see the module doc
+    path: str = Field(
+        description=".jsonl/.json/.csv/.parquet file, glob, save_to_disk folder, or hub dataset name "
+        "(relative to the pipeline file)"
+    )
+    split: str = Field(
+        "train", description='split of a hub dataset or saved DatasetDict; files have only "train"'
+    )
+    subset: str | None = Field(None, description="hub dataset configuration (subset) name")
+    weight: float | None = Field(
+        None,
+        gt=0,
+        description="share of the train mix (give one to every source or to none); sources are downsampled, "
+        "never repeated",
+    )
 
 
 SourceSpec = DataSource | str | list[DataSource | str]
@@ -67,14 +78,22 @@ def _true_means_defaults(value: object) -> object:
     return value
 
 
+TRUE_MEANS_DEFAULTS = {
+    "type": "boolean",
+    "description": "true: the defaults; false: off",
+}  # in the JSON Schema
+
+
 class NearDedupConfig(BaseModel):
     """Near-duplicate removal: MinHash signatures of character shingles, candidates from LSH."""
 
     model_config = ConfigDict(extra="forbid")
 
-    threshold: float = Field(default=0.85, gt=0.0, le=1.0)  # Jaccard that makes a duplicate: lower drops more
-    num_perm: int = Field(default=128, ge=16)  # MinHash permutations: more = better estimates, slower
-    shingle: int = Field(default=5, ge=1)  # characters per shingle: smaller = more lenient to rewording
+    threshold: float = Field(
+        0.85, gt=0.0, le=1.0, description="Jaccard similarity that makes a duplicate: lower drops more"
+    )
+    num_perm: int = Field(128, ge=16, description="MinHash permutations: more = better estimates, slower")
+    shingle: int = Field(5, ge=1, description="characters per shingle: smaller = more lenient to rewording")
 
 
 class LengthConfig(BaseModel):
@@ -83,10 +102,10 @@ class LengthConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    min_prompt_tokens: int | None = Field(default=None, ge=0)  # drop shorter prompts; None = no bound
-    max_prompt_tokens: int | None = Field(default=None, gt=0)  # drop longer prompts; None = no bound
-    min_response_tokens: int | None = Field(default=None, ge=0)  # drop shorter responses; None = no bound
-    max_response_tokens: int | None = Field(default=None, gt=0)  # drop longer responses; None = no bound
+    min_prompt_tokens: int | None = Field(None, ge=0, description="drop shorter prompts; None = no bound")
+    max_prompt_tokens: int | None = Field(None, gt=0, description="drop longer prompts; None = no bound")
+    min_response_tokens: int | None = Field(None, ge=0, description="drop shorter responses; None = no bound")
+    max_response_tokens: int | None = Field(None, gt=0, description="drop longer responses; None = no bound")
 
     @model_validator(mode="after")
     def _ordered(self) -> LengthConfig:
@@ -108,9 +127,13 @@ class BalanceConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    column: str  # the column whose values are the categories, e.g. source or task
-    strategy: Literal["cap", "equal"] = "cap"  # cap: at most max_per_category; equal: all as the smallest
-    max_per_category: int | None = Field(default=None, gt=0)  # cap's limit (required); with equal, a cap too
+    column: str = Field(description="the column whose values are the categories, e.g. source or task")
+    strategy: Literal["cap", "equal"] = Field(
+        "cap", description="cap: at most max_per_category rows each; equal: each as many as the smallest has"
+    )
+    max_per_category: int | None = Field(
+        None, gt=0, description="cap's limit (required with cap); with equal, a cap too"
+    )
 
     @model_validator(mode="after")
     def _cap_has_a_limit(self) -> BalanceConfig:
@@ -125,12 +148,30 @@ class CurateConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    dedup: bool = False  # drop rows equal to an earlier one after NFKC, lowercase, collapsed spaces
-    near_dedup: NearDedupConfig | None = None  # drop near-duplicates of earlier rows; true = defaults
-    drop_identical_pairs: bool = False  # drop pairs whose chosen = rejected, normalised or rendered
-    length: LengthConfig | None = None  # drop rows outside token bounds (needs the stage's tokenizer)
-    balance: BalanceConfig | None = None  # downsample the rows of over-represented column values
-    flip_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)  # label noise: flip this share of pairs
+    dedup: bool = Field(
+        False, description="drop rows equal to an earlier one after NFKC, lowercase, collapsed spaces"
+    )
+    near_dedup: NearDedupConfig | None = Field(
+        None,
+        description="drop near-duplicates of earlier rows (MinHash/LSH); true = the defaults",
+        json_schema_extra=also_accepts(TRUE_MEANS_DEFAULTS),
+    )
+    drop_identical_pairs: bool = Field(
+        False, description="drop pairs whose chosen = rejected, normalised or rendered"
+    )
+    length: LengthConfig | None = Field(
+        None, description="drop rows outside token bounds (counted with the stage's tokenizer)"
+    )
+    balance: BalanceConfig | None = Field(
+        None, description="downsample the rows of over-represented values of a column"
+    )
+    flip_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="seeded label noise: swap chosen/rejected (flip `label`) in this share of rows (robustness "
+        "experiments)",
+    )
 
     _near_dedup_shorthand = field_validator("near_dedup", mode="before")(_true_means_defaults)
 
@@ -152,8 +193,15 @@ class DecontaminateConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    exact: bool = True  # drop train rows whose prompt equals an eval prompt after normalisation
-    ngram: int | None = Field(default=13, ge=1)  # drop rows sharing an n-word run; smaller = stricter
+    exact: bool = Field(
+        True, description="drop train rows whose prompt equals an eval prompt after normalisation"
+    )
+    ngram: int | None = Field(
+        13,
+        ge=1,
+        description="drop train rows whose prompt shares an n-word run with an eval prompt: smaller = "
+        "stricter; None: off",
+    )
 
 
 class DataConfig(BaseModel):
@@ -161,16 +209,34 @@ class DataConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    train: SourceSpec  # a source, a path string, or a list of them (mixed, see the module doc)
-    eval: SourceSpec | None = None  # held-out sources; None = split eval_fraction off train
-    eval_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)  # with no eval source: share of train held out
-    fields: dict[str, str] = {}  # canonical field -> your column name, e.g. {"completion": "answer"}
-    on_invalid: Literal["error", "skip"] = "error"  # skip: invalid rows go to the rejects file
-    seed: int = 0  # seeds the eval split and weighted sampling
-    max_rows: int | None = Field(default=None, gt=0)  # read only the first N train rows; None = all
-    stratify_by: str | None = None  # with eval_fraction: keep this column's category shares in both splits
-    curate: CurateConfig = CurateConfig()  # curation of the train rows (all steps off by default)
-    decontaminate: DecontaminateConfig | None = DecontaminateConfig()  # drop train rows overlapping eval
+    train: SourceSpec = Field(
+        description="a source ({path, split, subset, weight}), a path string, or a list of them (mixed by weight)"
+    )
+    eval: SourceSpec | None = Field(
+        None, description="held-out sources; None = split eval_fraction off train"
+    )
+    eval_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0, description="with no eval source: share of train held out for evaluation"
+    )
+    fields: dict[str, str] = Field(
+        {}, description='canonical field -> your column name, e.g. {"completion": "answer"}'
+    )
+    on_invalid: Literal["error", "skip"] = Field(
+        "error", description="error: stop at the first invalid row; skip: invalid rows go to the rejects file"
+    )
+    seed: int = Field(0, description="seeds the eval split and weighted sampling")
+    max_rows: int | None = Field(None, gt=0, description="read only the first N train rows; None = all")
+    stratify_by: str | None = Field(
+        None, description="with eval_fraction: keep this column's category shares in both splits"
+    )
+    curate: CurateConfig = Field(
+        CurateConfig(), description="curation of the train rows (all steps off by default)"
+    )
+    decontaminate: DecontaminateConfig | None = Field(
+        DecontaminateConfig(),
+        description="drop train rows whose prompt overlaps an eval prompt (on by default); null: off",
+        json_schema_extra=also_accepts(TRUE_MEANS_DEFAULTS),
+    )
 
     _decontaminate_shorthand = field_validator("decontaminate", mode="before")(_true_means_defaults)
 

@@ -77,7 +77,6 @@ def _generate(self: Any, input_ids: Tensor, attention_mask: Tensor | None = None
     out = base.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
     if isinstance(out, torch.Tensor):
         return torch.cat([input_ids, out.to(input_ids.device)], dim=1)
-    out.sequences = torch.cat(
-        [input_ids, out.sequences.to(input_ids.device)], dim=1
-    )  # return_dict_in_generate
+    # return_dict_in_generate: an output object, whose sequences get the prompt in front too
+    out.sequences = torch.cat([input_ids, out.sequences.to(input_ids.device)], dim=1)
     return out

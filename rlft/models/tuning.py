@@ -43,7 +43,7 @@ PROMPT_METHODS = ("prompt_tuning", "prefix_tuning")  # what peft calls prompt le
 class FullTuning(Strict):
     """Every parameter trains."""
 
-    method: Literal["full"] = "full"
+    method: Literal["full"] = Field("full", description="every parameter trains")
 
 
 class FreezeTuning(Strict):
@@ -62,12 +62,22 @@ class FreezeTuning(Strict):
     epoch; here the period is in steps). The embeddings stay as ``train_embeddings`` says.
     """
 
-    method: Literal["freeze"] = "freeze"
-    last_n_blocks: int = Field(default=0, ge=0)  # train the last N transformer blocks (nearest the output)
-    blocks: list[int] = []  # also train these block indices (negative counts from the end: -1 is the last)
-    modules: list[str] = []  # also train these modules by name, e.g. [lm_head, norm]
-    train_embeddings: bool = False  # input embeddings stay frozen unless this is on
-    unfreeze_every: int | None = Field(default=None, gt=0)  # gradual unfreezing: one more block every K steps
+    method: Literal["freeze"] = Field(
+        "freeze", description="layer-wise: chosen blocks and modules train, the rest is frozen"
+    )
+    last_n_blocks: int = Field(
+        0, ge=0, description="train the last N transformer blocks (nearest the output): more = more capacity"
+    )
+    blocks: list[int] = Field(
+        [], description="also train these block indices (negative counts from the end: -1 is the last)"
+    )
+    modules: list[str] = Field([], description="also train these modules by name, e.g. [lm_head, norm]")
+    train_embeddings: bool = Field(False, description="train the input embeddings too (frozen unless on)")
+    unfreeze_every: int | None = Field(
+        None,
+        gt=0,
+        description="gradual unfreezing (ULMFiT): one more block trains every K steps, top down; None: off",
+    )
 
     @model_validator(mode="after")
     def _something_trains(self) -> FreezeTuning:
@@ -81,15 +91,25 @@ class FreezeTuning(Strict):
 class LoraTuning(Strict):
     """LoRA (Hu et al., 2021) or DoRA (Liu et al., 2024) adapters through `peft`."""
 
-    method: Literal["lora", "dora"] = "lora"  # dora: weight-decomposed LoRA (magnitude + direction)
-    r: int = Field(default=16, gt=0)  # adapter rank: higher = more capacity and memory
-    alpha: float = 32  # scaling numerator: the update is scaled by alpha / r (alpha / sqrt(r) with rslora)
-    dropout: float = Field(default=0.05, ge=0, lt=1)  # dropout on the adapter's input
-    target_modules: str | list[str] = (
-        "all-linear"  # module names to adapt; all-linear = every linear but the head
+    method: Literal["lora", "dora"] = Field(
+        "lora", description="lora: low-rank adapters; dora: weight-decomposed LoRA (magnitude + direction)"
     )
-    use_rslora: bool = False  # rank-stabilised scaling alpha / sqrt(r) (Kalajdzievski, 2023)
-    modules_to_save: list[str] | None = None  # modules trained fully beside the adapters (e.g. a score head)
+    r: int = Field(16, gt=0, description="adapter rank: higher = more capacity and memory")
+    alpha: float = Field(
+        32, description="scaling numerator: the update is scaled by alpha / r (alpha / sqrt(r) with rslora)"
+    )
+    dropout: float = Field(
+        0.05, ge=0, lt=1, description="dropout on the adapter's input: higher regularises more"
+    )
+    target_modules: str | list[str] = Field(
+        "all-linear", description="module names to adapt; all-linear = every linear layer but the head"
+    )
+    use_rslora: bool = Field(
+        False, description="rank-stabilised scaling alpha / sqrt(r) (Kalajdzievski, 2023): for high ranks"
+    )
+    modules_to_save: list[str] | None = Field(
+        None, description="modules trained fully beside the adapters (e.g. a score head)"
+    )
 
 
 class AdapterTuning(Strict):
@@ -108,15 +128,17 @@ class AdapterTuning(Strict):
     `type` names the adapter so that another kind can be added beside it.
     """
 
-    method: Literal["adapter"] = "adapter"
-    type: Literal["ia3"] = "ia3"  # the adapter kind: (IA)^3, the inserted adapter peft has that merges
-    target_modules: str | list[str] | None = (
-        None  # modules rescaled; None: peft's default (Llama: k, v, down)
+    method: Literal["adapter"] = Field("adapter", description="inserted adapters that merge: (IA)^3 vectors")
+    type: Literal["ia3"] = Field(
+        "ia3", description="the adapter kind: (IA)^3, the inserted adapter peft has that merges"
     )
-    feedforward_modules: str | list[str] | None = (
-        None  # of those, the ones rescaled at their input; None: peft's
+    target_modules: str | list[str] | None = Field(
+        None, description="modules rescaled; None: peft's default (Llama: k, v, down)"
     )
-    modules_to_save: list[str] | None = None  # modules trained fully beside the adapters
+    feedforward_modules: str | list[str] | None = Field(
+        None, description="of those, the ones rescaled at their input; None: peft's default"
+    )
+    modules_to_save: list[str] | None = Field(None, description="modules trained fully beside the adapters")
 
 
 class PromptTuning(Strict):
@@ -133,9 +155,15 @@ class PromptTuning(Strict):
     reference stays the starting model, DESIGN.md decision 4). The same holds for prefix tuning.
     """
 
-    method: Literal["prompt_tuning"] = "prompt_tuning"
-    num_virtual_tokens: int = Field(default=16, gt=0)  # learned tokens: more = more capacity, longer inputs
-    init_text: str | None = None  # start from this text's token embeddings; None: sampled vocabulary tokens
+    method: Literal["prompt_tuning"] = Field(
+        "prompt_tuning", description="learned input embeddings in front of every input; the model is frozen"
+    )
+    num_virtual_tokens: int = Field(
+        16, gt=0, description="learned tokens: more = more capacity, longer inputs"
+    )
+    init_text: str | None = Field(
+        None, description="start from this text's token embeddings; None: sampled vocabulary tokens"
+    )
 
 
 class PrefixTuning(Strict):
@@ -151,9 +179,13 @@ class PrefixTuning(Strict):
     sequence classifiers).
     """
 
-    method: Literal["prefix_tuning"] = "prefix_tuning"
-    num_virtual_tokens: int = Field(default=16, gt=0)  # prefix positions per layer: more = more capacity
-    init_text: str | None = None  # start from the keys/values of this text; None: sampled vocabulary tokens
+    method: Literal["prefix_tuning"] = Field(
+        "prefix_tuning", description="learned keys and values in every attention layer; the model is frozen"
+    )
+    num_virtual_tokens: int = Field(16, gt=0, description="prefix positions per layer: more = more capacity")
+    init_text: str | None = Field(
+        None, description="start from the keys/values of this text; None: sampled vocabulary tokens"
+    )
 
 
 AnyTuning = FullTuning | FreezeTuning | LoraTuning | AdapterTuning | PromptTuning | PrefixTuning

@@ -83,10 +83,9 @@ def ppo_update(
                         entropy = entropy_from_logits(logits, micro.response_mask, temperature=temperature)
                     loss = pg_loss + vf_coef * vf_loss - entropy_coef * entropy
                     accelerator.backward(loss)
+                    # DeepSpeed clips itself
                     if accelerator.sync_gradients and max_grad_norm is not None and not deepspeed:
-                        accelerator.clip_grad_norm_(
-                            model.parameters(), max_grad_norm
-                        )  # DeepSpeed clips itself
+                        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad()
                     if accelerator.sync_gradients and on_optimizer_step is not None:

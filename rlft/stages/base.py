@@ -87,9 +87,8 @@ class TrainerStage(StageBase):
             **self.trainer,
         }
         if "gradient_checkpointing" in self.trainer and "activation_checkpointing" not in self.trainer:
-            settings.pop(
-                "activation_checkpointing"
-            )  # the old name: let transformers map it (it would lose to ours)
+            # the old name: let transformers map it (it would lose to ours)
+            settings.pop("activation_checkpointing")
         return settings
 
 
@@ -136,11 +135,9 @@ class StageContext:
 class StageResult:
     """What a stage returns: its metrics summary and facts worth recording in stage.json."""
 
-    metrics: dict[str, Any] = field(
-        default_factory=dict
-    )  # summary: final train/eval metrics, task_reward, ...
+    # summary: final train/eval metrics, task_reward, ...
+    metrics: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # parameters, tokenizer fix-ups, data report, ...
     has_model: bool = True  # False for stages that only measure (evaluate)
-    rank: dict[str, Any] = field(
-        default_factory=dict
-    )  # this process's view (see rank_summary), one file per rank
+    # this process's view (see rank_summary), one file per rank
+    rank: dict[str, Any] = field(default_factory=dict)

@@ -19,11 +19,11 @@ or sweep point over the same data and reference does not run the reference model
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
-from rlft.config import ModelSource
+from rlft.config import ModelSource, also_accepts
 from rlft.data import DataConfig
 from rlft.models.tuning import FullTuning, TuningConfig
 from rlft.stages.base import StageContext, StageResult, TrainerStage
@@ -51,17 +51,44 @@ TRAIN_METRICS = ("rewards/margins", "rewards/accuracies", "rewards/chosen", "rew
 
 
 class DPOStage(TrainerStage):
-    kind: Literal["dpo"] = "dpo"
-    data: DataConfig  # preference pairs: prompt, chosen, rejected (an implicit prompt is split off)
-    reference: ModelSource | None = None  # the frozen reference; None = the stage's starting model
-    tuning: TuningConfig = Field(default_factory=FullTuning)  # which parameters train
-    loss_type: list[LossName] = ["sigmoid"]  # one loss or several, summed with loss_weights (rlft/losses.py)
-    loss_weights: list[float] | None = None  # one weight per loss_type; None = 1 each
-    beta: float = Field(default=0.1, gt=0)  # KL strength: higher keeps the policy closer to the reference
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5)  # assumed flipped-label share: cDPO / rDPO
-    max_length: int | None = Field(1024, gt=0)  # prompt + answer tokens; longer pairs are cut at the end
-    precompute_reference: bool = False  # reference log-probs computed once before training, cached on disk
-    evaluate: bool = True  # measure the pipeline's task reward after training
+    """Offline preference optimisation (DPO and its family) on TRL's DPOTrainer, against a frozen reference."""
+
+    kind: Literal["dpo"] = Field(
+        "dpo", description="preference optimisation (DPO family) on TRL's DPOTrainer"
+    )
+    data: DataConfig = Field(
+        description="preference pairs: prompt, chosen, rejected (an implicit prompt is split off)"
+    )
+    reference: ModelSource | None = Field(
+        None, description="the frozen reference (same tokenizer); None: the stage's starting model"
+    )
+    tuning: TuningConfig = Field(
+        default_factory=FullTuning,
+        description="which parameters train: method full, freeze, lora, dora, adapter, prompt_tuning or prefix_tuning",
+    )
+    loss_type: list[LossName] = Field(
+        ["sigmoid"],
+        description="one loss or several, summed with loss_weights (rlft/losses.py): sigmoid (DPO), ipo, hinge, "
+        "robust (rDPO), sigmoid_norm (length-normalised), sft (NLL of chosen)",
+        json_schema_extra=also_accepts({"enum": list(get_args(LossName)), "type": "string"}),
+    )
+    loss_weights: list[float] | None = Field(None, description="one weight per loss_type; None: 1 each")
+    beta: float = Field(0.1, gt=0, description="KL strength: higher keeps the policy closer to the reference")
+    label_smoothing: float = Field(
+        0.0,
+        ge=0,
+        lt=0.5,
+        description="assumed share of flipped labels: cDPO with sigmoid, rDPO with robust; 0: labels trusted",
+    )
+    max_length: int | None = Field(
+        1024, gt=0, description="prompt + answer tokens; longer pairs are cut at the end (lower: less memory)"
+    )
+    precompute_reference: bool = Field(
+        False,
+        description="compute the reference log-probs once before training and cache them on disk, reused by "
+        "later runs and sweep points over the same data and reference",
+    )
+    evaluate: bool = Field(True, description="measure the pipeline's task reward after training")
 
     trainer_config_class = "trl.trainer.dpo_config:DPOConfig"
     uses_task_eval = True

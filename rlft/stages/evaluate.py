@@ -8,12 +8,18 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from rlft.stages.base import StageBase, StageContext, StageResult
 from rlft.stages.common import measure_task_reward
 
 
 class EvaluateStage(StageBase):
-    kind: Literal["evaluate"] = "evaluate"
+    """The pipeline's verifiable task reward (its `evaluate:` block) of a model; trains nothing."""
+
+    kind: Literal["evaluate"] = Field(
+        "evaluate", description="measure the task reward of `model` with the pipeline's `evaluate:` block"
+    )
 
     uses_task_eval = True
 

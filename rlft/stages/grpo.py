@@ -45,11 +45,23 @@ FINAL_METRICS += ("completions/mean_length", "completions/clipped_ratio")
 
 
 class GRPOStage(TrainerStage):
-    kind: Literal["grpo"] = "grpo"
-    data: DataConfig  # prompts: rows with a `prompt` (other columns reach the reward functions)
-    reward: RewardSpec  # {from: reward}, {function: module:fn}, {sum: [...]}: see rlft/rewards.py
-    tuning: TuningConfig = Field(default_factory=FullTuning)  # which parameters train
-    evaluate: bool = True  # measure the pipeline's task reward after training
+    """Group Relative Policy Optimization on TRL's GRPOTrainer: group-normalised rewards, no critic."""
+
+    kind: Literal["grpo"] = Field(
+        "grpo", description="Group Relative Policy Optimization on TRL's GRPOTrainer (critic-free online RL)"
+    )
+    data: DataConfig = Field(
+        description="prompts: rows with a `prompt` (other columns, e.g. `answer`, reach the reward functions)"
+    )
+    reward: RewardSpec = Field(
+        description="what scores the completions: {from: STAGE}, {path: DIR}, {function: module:fn} or "
+        "{sum: [...]} (see rlft/rewards.py)"
+    )
+    tuning: TuningConfig = Field(
+        default_factory=FullTuning,
+        description="which parameters train: method full, freeze, lora, dora, adapter, prompt_tuning or prefix_tuning",
+    )
+    evaluate: bool = Field(True, description="measure the pipeline's task reward after training")
 
     trainer_config_class = "trl.trainer.grpo_config:GRPOConfig"
     uses_task_eval = True

@@ -50,17 +50,38 @@ TRAIN_METRICS = ("kl", "rewards/chosen", "rewards/rejected", "rewards/margins")
 
 
 class KTOStage(TrainerStage):
-    kind: Literal["kto"] = "kto"
-    data: DataConfig  # unpaired rows (prompt, completion, label) or preference pairs (unpaired here)
-    reference: ModelSource | None = None  # the frozen reference; None = the stage's starting model
-    tuning: TuningConfig = Field(default_factory=FullTuning)  # which parameters train
-    loss_type: Literal["kto", "apo_zero_unpaired"] = "kto"  # apo_zero_unpaired: APO-zero, no KL estimate
-    beta: float = Field(default=0.1, gt=0)  # KL strength: higher keeps the policy closer to the reference
-    desirable_weight: float = Field(default=1.0, gt=0)  # weight of desirable rows' losses
-    undesirable_weight: float = Field(default=1.0, gt=0)  # weight of undesirable rows' losses
-    max_length: int | None = Field(1024, gt=0)  # prompt + answer tokens; longer rows are cut at the end
-    precompute_reference: bool = False  # reference log-probs computed once before training, cached on disk
-    evaluate: bool = True  # measure the pipeline's task reward after training
+    """Preference optimisation from unpaired thumbs up/down (KTO) on TRL's KTOTrainer."""
+
+    kind: Literal["kto"] = Field("kto", description="KTO, from unpaired feedback, on TRL's KTOTrainer")
+    data: DataConfig = Field(
+        description="unpaired rows (prompt, completion, label) or preference pairs (unpaired here)"
+    )
+    reference: ModelSource | None = Field(
+        None, description="the frozen reference (same tokenizer); None: the stage's starting model"
+    )
+    tuning: TuningConfig = Field(
+        default_factory=FullTuning,
+        description="which parameters train: method full, freeze, lora, dora, adapter, prompt_tuning or prefix_tuning",
+    )
+    loss_type: Literal["kto", "apo_zero_unpaired"] = Field(
+        "kto", description="kto: against a batch KL estimate; apo_zero_unpaired: APO-zero, no KL estimate"
+    )
+    beta: float = Field(0.1, gt=0, description="KL strength: higher keeps the policy closer to the reference")
+    desirable_weight: float = Field(
+        1.0, gt=0, description="weight of desirable rows' losses: raise it when they are the fewer"
+    )
+    undesirable_weight: float = Field(
+        1.0, gt=0, description="weight of undesirable rows' losses: raise it when they are the fewer"
+    )
+    max_length: int | None = Field(
+        1024, gt=0, description="prompt + answer tokens; longer rows are cut at the end (lower: less memory)"
+    )
+    precompute_reference: bool = Field(
+        False,
+        description="compute the reference log-probs once before training and cache them on disk, reused by "
+        "later runs and sweep points over the same data and reference",
+    )
+    evaluate: bool = Field(True, description="measure the pipeline's task reward after training")
 
     trainer_config_class = "trl.trainer.kto_config:KTOConfig"
     uses_task_eval = True

@@ -43,76 +43,130 @@ class AdaptiveKL(Strict):
     """beta moves towards a target KL (Ziegler et al. 2019, sec. 2.2; rlft.rl.kl_controller)."""
 
     target: float = Field(
-        default=6.0, gt=0
-    )  # response KL (nats) to hold: lower keeps closer to the reference
+        6.0, gt=0, description="response KL (nats) to hold: lower keeps the policy closer to the reference"
+    )
     horizon: int = Field(
-        default=10_000, gt=0
-    )  # episodes for beta to move ~20% at a steady 20% error: lower adapts faster
+        10_000,
+        gt=0,
+        description="episodes for beta to move ~20% at a steady 20% error: lower adapts faster",
+    )
 
 
 class PPOStage(StageBase):
-    kind: Literal["ppo"] = "ppo"
-    data: (
-        DataConfig  # prompts: rows with a `prompt` (other columns, e.g. `answer`, reach the reward as fields)
+    """rlft's own PPO on accelerate: actor, critic, frozen reference and a reward from `reward_models`."""
+
+    kind: Literal["ppo"] = Field(
+        "ppo", description="PPO with a critic, rlft's own loop on accelerate (Huang et al. 2024 defaults)"
     )
-    reward: RewardSpec  # {from: reward}, {function: module:fn}, {sum: [...]}: see rlft/rewards.py
-    reference: ModelSource | None = (
-        None  # frozen reference; None: the starting model (LoRA: adapters disabled)
+    data: DataConfig = Field(
+        description="prompts: rows with a `prompt` (other columns, e.g. `answer`, reach the reward as fields)"
     )
-    critic: ModelSource | None = None  # the critic's starting weights; None: chosen by critic_init
-    critic_init: Literal["auto", "reward", "policy"] = (
-        "auto"  # auto: the reward model if it reads the policy's tokens
+    reward: RewardSpec = Field(
+        description="what scores the responses: {from: STAGE}, {path: DIR}, {function: module:fn} or "
+        "{sum: [...]} (see rlft/rewards.py)"
+    )
+    reference: ModelSource | None = Field(
+        None, description="the frozen reference; None: the starting model (LoRA: adapters disabled)"
+    )
+    critic: ModelSource | None = Field(
+        None, description="the critic's starting weights; None: chosen by critic_init"
+    )
+    critic_init: Literal["auto", "reward", "policy"] = Field(
+        "auto",
+        description="where the critic starts when `critic` is not given: reward (the reward model), policy (the "
+        "starting model), auto (the reward model if it reads the policy's tokens, else the policy)",
     )
     tuning: TuningConfig = Field(
-        default_factory=FullTuning
-    )  # which policy parameters train (the critic: all)
+        default_factory=FullTuning,
+        description="which policy parameters train (the critic: all): method full, freeze, lora, dora, adapter, "
+        "prompt_tuning or prefix_tuning",
+    )
 
     # length of the run: give one
-    steps: int | None = Field(default=None, gt=0)  # PPO updates, one rollout batch each
-    total_episodes: int | None = Field(default=None, gt=0)  # prompts rolled out in all (all processes)
+    steps: int | None = Field(
+        None, gt=0, description="PPO updates, one rollout batch each (give this or total_episodes)"
+    )
+    total_episodes: int | None = Field(
+        None, gt=0, description="prompts rolled out in all, all processes (give this or steps)"
+    )
     # rollouts
-    rollout_batch_size: int = Field(default=64, gt=0)  # prompts per rollout, per process
-    minibatch_size: int = Field(default=16, gt=0)  # rollouts per optimizer step, per process
+    rollout_batch_size: int = Field(64, gt=0, description="prompts per rollout, per process")
+    minibatch_size: int = Field(
+        16,
+        gt=0,
+        description="rollouts per optimizer step, per process; divides rollout_batch_size (smaller: more steps)",
+    )
     gradient_accumulation_steps: int = Field(
-        default=1, gt=0
-    )  # micro-batches per minibatch: less memory, same step
+        1, gt=0, description="micro-batches per minibatch: more = less memory, same step"
+    )
     forward_batch_size: int | None = Field(
-        default=None, gt=0
-    )  # rollouts per no-grad forward; None: minibatch_size
-    max_new_tokens: int = Field(default=64, gt=0)  # response length limit; longer responses are cut (no EOS)
-    max_prompt_length: int | None = Field(default=512, gt=0)  # longer prompts keep their last tokens
-    temperature: float = Field(default=0.7, gt=0)  # sampling temperature, also applied to every log-prob
+        None, gt=0, description="rollouts per no-grad forward (lower: less memory); None: minibatch_size"
+    )
+    max_new_tokens: int = Field(
+        64, gt=0, description="response length limit; longer responses are cut (no EOS)"
+    )
+    max_prompt_length: int | None = Field(
+        512, gt=0, description="prompt tokens; longer prompts keep their last tokens; None: no limit"
+    )
+    temperature: float = Field(
+        0.7,
+        gt=0,
+        description="sampling temperature, also applied to every log-prob: higher explores more",
+    )
     # PPO (defaults: Huang et al. 2024)
-    ppo_epochs: int = Field(default=4, gt=0)  # passes over each rollout batch
-    learning_rate: float = Field(default=3e-6, gt=0)  # policy learning rate
-    critic_learning_rate: float | None = Field(default=None, gt=0)  # None: learning_rate
-    lr_schedule: Literal["linear", "constant"] = "linear"  # linear: decays to 0 over the run (Huang et al.)
-    adam_eps: float = Field(default=1e-5, gt=0)  # Adam epsilon (Huang et al.: 1e-5, not PyTorch's 1e-8)
-    max_grad_norm: float | None = Field(default=1.0, gt=0)  # gradient clipping; None: off
-    gamma: float = Field(default=1.0, ge=0, le=1)  # discount: 1 = the final score counts fully at every token
-    lam: float = Field(default=0.95, ge=0, le=1)  # GAE lambda: lower = less variance, more bias
-    cliprange: float = Field(default=0.2, gt=0)  # policy ratio clip: lower = smaller, safer updates
+    ppo_epochs: int = Field(
+        4,
+        gt=0,
+        description="passes over each rollout batch: more = more learning per rollout, further off-policy",
+    )
+    learning_rate: float = Field(3e-6, gt=0, description="policy learning rate")
+    critic_learning_rate: float | None = Field(
+        None, gt=0, description="critic learning rate; None: learning_rate"
+    )
+    lr_schedule: Literal["linear", "constant"] = Field(
+        "linear", description="linear: decays to 0 over the run (Huang et al.); constant: no decay"
+    )
+    adam_eps: float = Field(1e-5, gt=0, description="Adam epsilon (Huang et al.: 1e-5, not PyTorch's 1e-8)")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping norm; None: off")
+    gamma: float = Field(
+        1.0, ge=0, le=1, description="discount: 1 = the final score counts fully at every token"
+    )
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda: lower = less variance, more bias")
+    cliprange: float = Field(0.2, gt=0, description="policy ratio clip: lower = smaller, safer updates")
     cliprange_value: float | None = Field(
-        default=0.2, gt=0
-    )  # value clip around the rollout's values; None: off
-    vf_coef: float = Field(default=0.1, ge=0)  # weight of the value loss in the total loss
-    entropy_coef: float = Field(default=0.0, ge=0)  # entropy bonus: higher keeps sampling diverse
+        0.2, gt=0, description="value clip around the rollout's values: lower = slower critic; None: off"
+    )
+    vf_coef: float = Field(0.1, ge=0, description="weight of the value loss in the total loss")
+    entropy_coef: float = Field(0.0, ge=0, description="entropy bonus: higher keeps sampling diverse")
     # KL penalty
     beta: float = Field(
-        default=0.05, ge=0
-    )  # KL coefficient (the start when adaptive): higher stays nearer the reference
-    adaptive_kl: AdaptiveKL | None = None  # {target, horizon}: adapt beta (Ziegler et al.); None: fixed beta
-    kl_estimator: Literal["k1", "k3", "abs", "mse"] = "k1"  # per-token KL estimate (rlft.rl.core.kl_penalty)
-    whiten_rewards: bool = False  # scale the per-token rewards to unit variance (keeps their mean)
+        0.05,
+        ge=0,
+        description="KL coefficient (the start when adaptive): higher stays nearer the reference",
+    )
+    adaptive_kl: AdaptiveKL | None = Field(
+        None,
+        description="{target, horizon}: adapt beta towards a target KL (Ziegler et al.); None: fixed beta",
+    )
+    kl_estimator: Literal["k1", "k3", "abs", "mse"] = Field(
+        "k1", description="per-token KL estimate (Schulman's k1, k3, |log r|, k2; rlft.rl.core.kl_penalty)"
+    )
+    whiten_rewards: bool = Field(
+        False, description="scale the per-token rewards to unit variance (keeps their mean)"
+    )
     missing_eos_penalty: float | None = Field(
-        default=None, ge=0
-    )  # subtracted from the score of a response without EOS
+        None,
+        ge=0,
+        description="subtracted from the score of a response without EOS: higher pushes towards finishing",
+    )
     # bookkeeping
-    save_steps: int = Field(default=50, gt=0)  # checkpoint every N steps (a stage that died resumes there)
-    save_total_limit: int | None = Field(default=2, gt=0)  # checkpoints kept
-    sample_every: int = Field(default=10, gt=0)  # a table of sample generations every N steps
-    num_samples: int = Field(default=4, gt=0)  # rows in that table
-    evaluate: bool = True  # measure the pipeline's task reward after training
+    save_steps: int = Field(
+        50, gt=0, description="checkpoint every N steps (a stage that died resumes there)"
+    )
+    save_total_limit: int | None = Field(2, gt=0, description="checkpoints kept; None: all")
+    sample_every: int = Field(10, gt=0, description="log a table of sample generations every N steps")
+    num_samples: int = Field(4, gt=0, description="rows in that table")
+    evaluate: bool = Field(True, description="measure the pipeline's task reward after training")
 
     uses_task_eval = True
 

@@ -36,12 +36,23 @@ STATS_FILE = "reward_stats.json"  # {"mean", "std", "n"}: rewards of the trainin
 
 
 class RewardStage(TrainerStage):
-    kind: Literal["reward"] = "reward"
-    data: DataConfig  # preference pairs: prompt, chosen, rejected (optional margin)
+    """A Bradley-Terry reward model on TRL's RewardTrainer: a one-output score head on the starting model."""
+
+    kind: Literal["reward"] = Field("reward", description="a reward model on TRL's RewardTrainer")
+    data: DataConfig = Field(
+        description="preference pairs: prompt, chosen, rejected (an optional `margin` column per pair)"
+    )
     tuning: TuningConfig = Field(
-        default_factory=FullTuning
-    )  # which parameters train (the score head always does)
-    stats_rows: int = Field(default=2000, gt=0)  # training pairs scored for the normalisation statistics
+        default_factory=FullTuning,
+        description="which parameters train (the score head always does): method full, freeze, lora, dora, "
+        "adapter, prompt_tuning or prefix_tuning",
+    )
+    stats_rows: int = Field(
+        2000,
+        gt=0,
+        description="training pairs scored for the normalisation statistics (reward_stats.json): more = "
+        "steadier mean/std, slower",
+    )
 
     trainer_config_class = "trl.trainer.reward_config:RewardConfig"
     preference_data = True

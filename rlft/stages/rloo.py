@@ -13,12 +13,18 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from rlft.stages import grpo
 from rlft.stages.base import StageContext, StageResult
 
 
 class RLOOStage(grpo.GRPOStage):
-    kind: Literal["rloo"] = "rloo"  # type: ignore[assignment]
+    """REINFORCE Leave-One-Out on TRL's RLOOTrainer: the GRPO stage's keys, another baseline."""
+
+    kind: Literal["rloo"] = Field(  # type: ignore[assignment]
+        "rloo", description="REINFORCE Leave-One-Out on TRL's RLOOTrainer (critic-free online RL)"
+    )
 
     trainer_config_class = "trl.trainer.rloo_config:RLOOConfig"
 

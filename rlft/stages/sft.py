@@ -30,10 +30,17 @@ from rlft.stages.common import (
 
 
 class SFTStage(TrainerStage):
-    kind: Literal["sft"] = "sft"
-    data: DataConfig  # training (and eval) data: prompt-completion or language modelling
-    tuning: TuningConfig = Field(default_factory=FullTuning)  # which parameters train
-    evaluate: bool = True  # measure the pipeline's task reward after training
+    """Supervised fine-tuning on TRL's SFTTrainer; the loss is on completions only by default."""
+
+    kind: Literal["sft"] = Field("sft", description="supervised fine-tuning on TRL's SFTTrainer")
+    data: DataConfig = Field(
+        description="training (and eval) data: prompt-completion or language modelling (`text` or `messages`)"
+    )
+    tuning: TuningConfig = Field(
+        default_factory=FullTuning,
+        description="which parameters train: method full, freeze, lora, dora, adapter, prompt_tuning or prefix_tuning",
+    )
+    evaluate: bool = Field(True, description="measure the pipeline's task reward after training")
 
     trainer_config_class = "trl.trainer.sft_config:SFTConfig"
     uses_task_eval = True
