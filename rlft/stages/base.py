@@ -63,7 +63,7 @@ class TrainerStage(StageBase):
 
     trainer: dict[str, Any] = Field(
         {},
-        description="passes through to the stage's TRL config dataclass (see trainer_config_class); keys are "
+        description="passes through to the stage's TRL config dataclass (SFTConfig, DPOConfig, ...: `rlft config show KIND` names it); keys are "
         "checked against its fields",
     )
 
