@@ -36,5 +36,6 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# build, dist and *.egg-info: what `pip install .` or a wheel build leaves in the source folder
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache build dist *.egg-info

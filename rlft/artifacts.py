@@ -67,19 +67,21 @@ def library_versions() -> dict[str, str]:
 
 
 def git_commit(cwd: Path | None = None) -> str | None:
-    """The commit of the repository rlft runs from (with `+dirty` when it has local changes), if any."""
-    cwd = cwd or Path(__file__).resolve().parent
+    """The commit of the checkout rlft runs from (with `+dirty` when it has local changes), if any.
+
+    By default asks about rlft's own folder, and only when git tracks rlft's files there: an installed
+    rlft (a wheel in site-packages) has no commit, even when its virtualenv lies inside some other
+    project's repository (DESIGN.md decision 14).
+    """
+    git = ["git", "-C", str(cwd or Path(__file__).resolve().parent)]
+    run = {"capture_output": True, "text": True, "timeout": 5}
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
+        if cwd is None:
+            subprocess.run(
+                [*git, "ls-files", "--error-unmatch", "--", Path(__file__).name], check=True, **run
+            )
+        commit = subprocess.run([*git, "rev-parse", "HEAD"], check=True, **run).stdout.strip()
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], **run).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return commit + ("+dirty" if dirty else "")

@@ -136,7 +136,9 @@ def test_pipeline_stage_records_parameters_and_peak_memory_then_exports(tmp_path
     assert "peak memory: RSS" in (tmp_path / "run" / "sft" / "stage.log").read_text()
 
     assert main(["export", str(tmp_path / "run" / "sft"), "--merge", "--out", str(tmp_path / "out")]) == 0
-    base = AutoModelForCausalLM.from_pretrained(next((tmp_path / "run" / "models").iterdir()))
+    # runs/.../models/ holds the tiny model's folder and its build lock (.tiny-*.lock): take the folder
+    (base_dir,) = [p for p in (tmp_path / "run" / "models").iterdir() if p.is_dir()]
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
     adapted = PeftModel.from_pretrained(base, tmp_path / "run" / "sft" / "adapter")
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert (logits(exported) - logits(adapted)).abs().max().item() < 1e-5
