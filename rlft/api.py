@@ -3,7 +3,7 @@
 ```python
 import rlft
 
-pipeline = rlft.Pipeline.from_yaml("configs/quickstart.yaml", overrides=["stages.sft.trainer.max_steps=50"])
+pipeline = rlft.Pipeline.from_yaml("quickstart", overrides=["stages.sft.trainer.max_steps=50"])
 pipeline.validate(launch="zero3")          # the launch rules `rlft validate` checks
 results = pipeline.run(only="sft")         # one dict per stage: what summary.json holds
 run = rlft.load_run("runs/quickstart")     # a finished run: summary, stage.json records, metrics

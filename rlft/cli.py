@@ -26,8 +26,8 @@ Start here:
 RUN_EPILOG = """\
 Finished stages whose config and inputs are unchanged are skipped; a stage whose
 earlier run died resumes from its last checkpoint. Examples:
-  rlft run configs/quickstart.yaml --only sft --force
-  rlft run configs/quickstart.yaml --set stages.sft.trainer.learning_rate=3e-4
+  rlft run quickstart --only sft --force
+  rlft run quickstart --set stages.sft.trainer.learning_rate=3e-4
 """
 
 
@@ -250,9 +250,9 @@ on preference data (reward, dpo, kto).
 
 SWEEP_EPILOG = """\
 Examples:
-  rlft sweep configs/quickstart.yaml --grid 'stages.dpo.beta=[0.05,0.1,0.3]'
-  rlft sweep configs/quickstart.yaml --grid 'stages.dpo.beta=[0.05,0.1,0.3]' --grid 'data.curate.flip_fraction=[0,0.2]'
-  rlft sweep configs/quickstart.yaml --grid 'stages.dpo.loss_type=[[sigmoid],[sigmoid,sft],[ipo]]'
+  rlft sweep quickstart --grid 'stages.dpo.beta=[0.05,0.1,0.3]'
+  rlft sweep quickstart --grid 'stages.dpo.beta=[0.05,0.1,0.3]' --grid 'data.curate.flip_fraction=[0,0.2]'
+  rlft sweep quickstart --grid 'stages.dpo.loss_type=[[sigmoid],[sigmoid,sft],[ipo]]'
 """
 
 INSPECT_FORMAT_CHOICES = (

@@ -26,6 +26,13 @@ def shipped(*parts: str) -> Path:
     return root.joinpath(*parts)
 
 
+def _listed(names: list[str]) -> str:
+    """The shipped names for an error message, or why there are none (an install without its files)."""
+    if names:
+        return f"shipped: {', '.join(names)}"
+    return f"and rlft's shipped files are missing from {shipped()}: reinstall rlft"
+
+
 def quickstart_config() -> Path:
     return shipped("configs", "quickstart.yaml")
 
@@ -45,7 +52,7 @@ def find_pipeline_file(pipeline: str | Path) -> Path:
     if name in shipped_pipeline_names():
         return shipped("configs", f"{name}.yaml")
     raise ConfigError(
-        f"{pipeline}: no such pipeline file, nor one rlft ships (shipped: {', '.join(shipped_pipeline_names())})"
+        f"{pipeline}: no such pipeline file, nor one rlft ships ({_listed(shipped_pipeline_names())})"
     )
 
 
@@ -68,7 +75,7 @@ def find_launch_config(launch: str, *, base_dir: Path) -> Path:
         if c.is_file():
             return c.resolve()
     raise ConfigError(
-        f"launch: {launch}: no such accelerate config (shipped: {', '.join(shipped_launch_names())}; or give a path)"
+        f"launch: {launch}: no such accelerate config ({_listed(shipped_launch_names())}; or give a path)"
     )
 
 
