@@ -2,6 +2,7 @@
 outside a terminal, and the level chosen on the command line reaching the stage processes."""
 
 import logging
+from types import SimpleNamespace
 
 import pytest
 
@@ -85,6 +86,17 @@ def test_stage_log_keeps_what_the_console_leaves_out(tmp_path, capsys):
     assert (tmp_path / "stage.log").read_text() == "[rlft] DEBUG: a debug line\n"
     assert capsys.readouterr().out == "[rlft] an info line\n"
     assert logging.getLogger("rlft").level == logging.INFO
+
+
+def test_warnings_carry_the_warning_level(caplog):
+    from rlft.stages import sft
+
+    with pytest.raises(RlftError):
+        sft._check_truncation(SimpleNamespace(name="sft"), None, before=4, after=0, max_length=8)
+    sft._check_truncation(SimpleNamespace(name="sft"), None, before=4, after=3, max_length=8)
+    [record] = [r for r in caplog.records if r.name.startswith("rlft")]
+    assert record.levelno == logging.WARNING and record.name == "rlft.stages.sft"
+    assert record.getMessage().startswith("1 of 4 training rows have no completion token left")
 
 
 def test_cli_log_level_sets_the_level_for_stage_processes(monkeypatch):
