@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rlft import __version__
 from rlft.errors import RlftError
+from rlft.log import LEVEL_ENV, LEVELS, setup_logging
 
 DESCRIPTION = """\
 rlft: align language models with a staged pipeline declared in one YAML file
@@ -36,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rlft", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"rlft {__version__}")
+    parser.add_argument(
+        "--log-level",
+        choices=LEVELS,
+        help="what rlft logs, here and in every stage's process (default: $RLFT_LOG_LEVEL, else info); "
+        "each stage's stage.log keeps debug lines whatever the level",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser(
@@ -335,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        if args.log_level is not None:
+            os.environ[LEVEL_ENV] = args.log_level  # the stage processes inherit it
+        setup_logging()
         return COMMANDS[args.command](args)
     except RlftError as e:
         print(f"error: {e}", file=sys.stderr)

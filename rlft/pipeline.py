@@ -19,6 +19,7 @@ in-process instead, and rank 0 alone does the file work (rlft/launched.py).
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import shutil
 import subprocess
@@ -36,9 +37,12 @@ from rlft.distributed import outer_launch
 from rlft.errors import ConfigError, RlftError
 from rlft.launch_rules import check_launch_rules
 from rlft.launched import World
+from rlft.log import ensure_logging
 from rlft.pipeline_file import PipelineSpec
 from rlft.resources import find_launch_config, resolved_launch_config
 from rlft.stages.base import StageBase
+
+logger = logging.getLogger(__name__)
 
 
 class StageFailed(RlftError):
@@ -73,6 +77,7 @@ def run_pipeline(
     Under an outer `accelerate launch` (rlft/launched.py) rank 0 walks the stages and the other
     ranks run the ones it sends them; they return no outcomes.
     """
+    ensure_logging()
     check_launch_rules(pipeline, launch=launch)  # known-bad stage x launch combinations, before any work
     options = dict(
         run_dir=run_dir,
@@ -252,14 +257,14 @@ def _run_stages(
         )
         match decision:
             case Skip(record):
-                console.print(
-                    f"[green]skipped[/]: {stage.name} is done with the same config and inputs (--force re-runs it)"
+                logger.info(
+                    f"skipped: {stage.name} is done with the same config and inputs (--force re-runs it)"
                 )
                 outcome = StageOutcome(stage.name, stage.kind, "skipped", record)
             case Share(folder, record):
                 link_dir(folder, run_dir / stage.name)
-                console.print(
-                    f"[cyan]shared[/]: {stage.name} is done in {folder.parent} with the same config and inputs "
+                logger.info(
+                    f"shared: {stage.name} is done in {folder.parent} with the same config and inputs "
                     "(hard-linked here)"
                 )
                 outcome = StageOutcome(stage.name, stage.kind, "shared", record)
@@ -285,7 +290,6 @@ def _run_stages(
                     launch=launch,
                     base_dir=pipeline.base_dir,
                     world=world,
-                    console=console,
                 )
                 failed = outcome if outcome.status == "failed" else None
         outcomes.append(outcome)
@@ -316,7 +320,6 @@ def _execute(
     launch: str | None,
     base_dir: Path,
     world: World | None,
-    console: Any,
 ) -> StageOutcome:
     """Run a stage as `plan` says (from the start, or from `plan["resume_from"]`) and collect its outcome."""
     work = run_dir / ".work" / stage.name
@@ -325,18 +328,16 @@ def _execute(
     work.mkdir(parents=True, exist_ok=True)
     write_json_atomic(work / "plan.json", plan)
     if plan["resume_from"]:
-        console.print(
-            f"[yellow]resuming[/]: {stage.name} from {Path(plan['resume_from']).name} (an earlier run died)"
-        )
+        logger.info(f"resuming: {stage.name} from {Path(plan['resume_from']).name} (an earlier run died)")
     if world is None:
         command = stage_command(launch or stage.launch, work, base_dir=base_dir)
-        console.print(f"[dim]$ {' '.join(command)}[/]")
+        logger.debug(f"$ {' '.join(command)}")
         (work / "stage.log").write_text(f"$ {' '.join(command)}\n")
         code = _stream(command, work / "stage.log")
     else:
         if launch or stage.launch:
-            console.print(
-                f"[yellow]note[/]: {stage.name}: launch {launch or stage.launch} ignored: rlft runs inside "
+            logger.warning(
+                f"{stage.name}: launch {launch or stage.launch} ignored: rlft runs inside "
                 f"an outer launch ({world.size} processes), which decides the processes"
             )
         (work / "stage.log").write_text(f"# in-process, on every rank of the outer launch ({world.size})\n")
@@ -350,9 +351,7 @@ def _execute(
     shutil.rmtree(work, ignore_errors=True)
     for offline in sorted((run_dir / stage.name / "wandb").glob("offline-run-*")):
         # W&B printed its sync command with the work folder's path, gone now
-        console.print(
-            f"{stage.name}: W&B offline run kept in {offline}; upload: wandb sync {offline}", soft_wrap=True
-        )
+        logger.info(f"{stage.name}: W&B offline run kept in {offline}; upload: wandb sync {offline}")
     return StageOutcome(stage.name, stage.kind, "ran", record)
 
 
@@ -470,6 +469,7 @@ def _stream(command: list[str], log_path: Path) -> int:
                     sys.stdout.write(chunk.decode(errors="replace"))
                 sys.stdout.flush()
                 log.write(chunk)
+                log.flush()  # in order with the lines the stage writes into the log itself (rlft.log.stage_log)
         return proc.wait()
     except KeyboardInterrupt:
         try:

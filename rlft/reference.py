@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -46,6 +47,8 @@ from typing import Any
 from rlft.artifacts import hash_json, read_json
 from rlft.config import ModelSource
 from rlft.stages.base import StageContext
+
+logger = logging.getLogger(__name__)
 
 CACHE_FILE = "ref_logps.safetensors"  # one float32 tensor (N,) per column TRL adds
 KEY_FILE = "key.json"  # what the key was made of, the columns and the number of rows
@@ -155,7 +158,7 @@ class RefLogpsCache:
     template, trainer settings). Writes are atomic: a temp folder renamed into place.
     """
 
-    def __init__(self, root: Path, *, identity: dict[str, Any], log: Callable[[str], None] = print):
+    def __init__(self, root: Path, *, identity: dict[str, Any], log: Callable[[str], None] = logger.info):
         self.root = Path(root)
         self.identity = identity
         self.log = log

@@ -12,6 +12,7 @@ the stage's work folder). Only the main process logs. Metric names are namespace
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Any
 
 from rlft.config import TrackingConfig
 from rlft.errors import RlftError
+
+logger = logging.getLogger(__name__)
 
 NOT_MODEL = ("checkpoints", "wandb", "tensorboard")  # folders in a stage folder that are not the model
 SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
@@ -92,10 +95,7 @@ class Tracker:
         except Exception as e:  # wandb raises its own error types on timeouts and auth failures
             if mode != "online":
                 raise
-            print(
-                f"[rlft] W&B online init failed ({type(e).__name__}: {e}); logging offline instead",
-                flush=True,
-            )
+            logger.warning(f"W&B online init failed ({type(e).__name__}: {e}); logging offline instead")
             mode = "offline"
             self.wandb_run = wandb.init(mode=mode, **kwargs)
         return mode

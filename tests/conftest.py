@@ -1,5 +1,6 @@
 """Shared fixtures: tiny pipelines over the quickstart's shipped data, W&B kept off the network."""
 
+import logging
 import os
 import textwrap
 from pathlib import Path
@@ -45,3 +46,15 @@ def write_pipeline(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(autouse=True)
+def rlft_logger():
+    """The `rlft` logger as the test found it, afterwards: the CLI sets it up for the whole process
+    (rlft.log.setup_logging), and no test may inherit another's handlers, level or propagation."""
+    logger = logging.getLogger("rlft")
+    handlers, level, propagate = logger.handlers[:], logger.level, logger.propagate
+    yield logger
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate

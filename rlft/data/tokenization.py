@@ -3,7 +3,7 @@
 ```python
 checks = tokenization_checks(data.train, tokenizer, format=data.format, style=data.report["style"],
                              max_length=512)
-for line in log_lines(checks):
+for line in log_lines(checks):  # warnings start "WARNING ": rlft.stages.common logs them as warnings
     ctx.log(line)
 ```
 

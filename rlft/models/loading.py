@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import importlib.util
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from rlft.artifacts import hash_json, hash_path
 from rlft.config import ModelSource
 from rlft.errors import ConfigError
 from rlft.models.chat_template import DEFAULT_CHAT_TEMPLATE
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -109,8 +112,9 @@ def source_hash(
     return hash_path(target)
 
 
-def load_tokenizer(resolved: ResolvedModel, *, log=print) -> tuple[Any, list[str]]:
-    """Load the tokenizer and apply the documented fix-ups. Returns (tokenizer, fix-ups done)."""
+def load_tokenizer(resolved: ResolvedModel, *, log=logger.warning) -> tuple[Any, list[str]]:
+    """Load the tokenizer and apply the documented fix-ups. Returns (tokenizer, fix-ups done).
+    Each fix-up is a warning, passed to `log`."""
     from transformers import AutoTokenizer
 
     kwargs = dict(resolved.kwargs)
@@ -127,7 +131,7 @@ def load_tokenizer(resolved: ResolvedModel, *, log=print) -> tuple[Any, list[str
         tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
         fixups.append("chat template missing: using rlft's default (rlft/models/chat_template.py)")
     for fix in fixups:
-        log(f"WARNING tokenizer fix-up: {fix}")
+        log(f"tokenizer fix-up: {fix}")
     return tokenizer, fixups
 
 
@@ -146,7 +150,7 @@ def load_causal_lm(
     dtype: str = "float32",
     tokenizer: Any = None,
     auto_class: str = "AutoModelForCausalLM",
-    log=print,
+    log=logger.info,
     **extra: Any,
 ) -> Any:
     """Load a model: a causal LM unless `auto_class` says otherwise (AutoModelForSequenceClassification, ...).
@@ -203,8 +207,8 @@ def _with_kept_adapter(model: Any, resolved: ResolvedModel, *, auto_class: str, 
         return model
     task = json.loads((adapter / "adapter_config.json").read_text()).get("task_type")
     if task != PEFT_TASKS.get(auto_class):
-        log(
-            f"WARNING: {resolved.description} keeps a learned prompt (prompt/prefix tuning) for a {task} model that "
+        logger.warning(
+            f"{resolved.description} keeps a learned prompt (prompt/prefix tuning) for a {task} model that "
             f"peft cannot put on a {auto_class.removeprefix('AutoModelFor')} model: this model starts from its base "
             "weights, without it"
         )

@@ -26,6 +26,7 @@ get rlft's (``rlft.models.prompt_learning``) wherever they are made or loaded.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -33,6 +34,8 @@ from pydantic import Field, model_validator
 
 from rlft.config import Strict
 from rlft.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 ADAPTER_DIR = "adapter"  # the PEFT folder inside a stage artifact
 # Output heads a model for a task type gets fresh; they train under every method (peft: modules_to_save).
@@ -333,7 +336,7 @@ def apply_tuning(model: Any, cfg: AnyTuning, *, task_type: str = "CAUSAL_LM", to
     return APPLY[cfg.method](model, cfg, task_type=task_type, tokenizer=tokenizer)
 
 
-def gradual_unfreezing(model: Any, cfg: AnyTuning, *, log=print) -> GradualUnfreezing | None:
+def gradual_unfreezing(model: Any, cfg: AnyTuning, *, log=logger.info) -> GradualUnfreezing | None:
     """The gradual-unfreezing schedule of `tuning: {method: freeze, unfreeze_every: K}` (logged), else None.
     A TRL stage applies it through its trainer callback; rlft's own loops call `apply(step)`."""
     if cfg.method != "freeze" or cfg.unfreeze_every is None:
@@ -343,7 +346,7 @@ def gradual_unfreezing(model: Any, cfg: AnyTuning, *, log=print) -> GradualUnfre
     return schedule
 
 
-def tuning_callbacks(model: Any, cfg: AnyTuning, *, log=print) -> list[Any]:
+def tuning_callbacks(model: Any, cfg: AnyTuning, *, log=logger.info) -> list[Any]:
     """Trainer callbacks a method needs (gradual unfreezing), to add to the stage's trainer."""
     schedule = gradual_unfreezing(model, cfg, log=log)
     return [schedule.callback()] if schedule is not None else []

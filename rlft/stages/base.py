@@ -8,6 +8,7 @@ itself up (rlft/reference.py, rlft/stages/common.py), so those can be typed with
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from rlft.config import NAME_PATTERN, EvaluateConfig, ModelSource, Strict, Track
 from rlft.distributed import is_main_process
 from rlft.tracking import Tracker
 from rlft.trainer_fields import TRAINER_DEFAULTS
+
+logger = logging.getLogger(__name__)
 
 
 class StageBase(Strict):
@@ -126,9 +129,9 @@ class StageContext:
         return is_main_process()
 
     def log(self, message: str) -> None:
-        """Print on the main process only."""
-        if self.is_main_process:
-            print(f"[rlft] {message}", flush=True)
+        """An info line in the stage's log (the main process's only: rlft.log). Warnings go to a
+        module's logger: `logging.getLogger(__name__).warning(...)`."""
+        logger.info(message)
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ from typing import Any
 from rlft.errors import ConfigError
 from rlft.stages.base import StageContext, StageResult, TrainerStage
 from rlft.trainer_fields import OWNED
+
+logger = logging.getLogger(__name__)
 
 
 def rank_summary(trainer: Any) -> dict[str, Any]:
@@ -54,6 +57,7 @@ def build_trainer_args(
         "eval_strategy": "steps" if has_eval else "no",
     }
     args = {**cfg.trainer_settings(runtime=runtime, defaults=defaults), "output_dir": str(ctx.checkpoint_dir)}
+    logger.debug(f"{config_class.__name__} settings from rlft and the stage: {args}")
     try:
         return config_class(**args)
     except (TypeError, ValueError) as e:
@@ -89,7 +93,7 @@ def load_policy(cfg: Any, ctx: StageContext, *, resolved: Any = None) -> Policy:
             cfg.model, model_paths=ctx.model_paths, run_dir=ctx.run_dir, base_dir=ctx.base_dir
         )
     ctx.log(f"model: {resolved.description}")
-    tokenizer, fixups = load_tokenizer(resolved, log=ctx.log)
+    tokenizer, fixups = load_tokenizer(resolved)
     start = load_merged_model(resolved, dtype=cfg.model.dtype, tokenizer=tokenizer, log=ctx.log)
     keeps_prompt = is_prompt_learning(start)  # before tuning: a prompt re-attached from the artifact
     model = apply_tuning(start, cfg.tuning, tokenizer=tokenizer)
@@ -190,7 +194,10 @@ def report_data(data: Any, tokenizer: Any, ctx: StageContext, *, max_length: int
         validation=data.report,
     )
     for line in log_lines(report["tokenization"]):
-        ctx.log(line)
+        if line.startswith("WARNING "):  # the report's text marks its warnings; the log has levels
+            logger.warning(line.removeprefix("WARNING "))
+        else:
+            ctx.log(line)
     if ctx.is_main_process:
         write_report(report, ctx.artifact_dir)
     return report

@@ -31,7 +31,7 @@ def run(cfg: EvaluateStage, ctx: StageContext) -> StageResult:
         cfg.model, model_paths=ctx.model_paths, run_dir=ctx.run_dir, base_dir=ctx.base_dir
     )
     ctx.log(f"evaluating {resolved.description}")
-    tokenizer, fixups = load_tokenizer(resolved, log=ctx.log)
+    tokenizer, fixups = load_tokenizer(resolved)
     model = load_causal_lm(resolved, dtype=cfg.model.dtype, tokenizer=tokenizer)
     import torch
 

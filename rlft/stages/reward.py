@@ -17,6 +17,7 @@ The artifact loads with `reward_models.RewardModel.from_pretrained(runs/<pipelin
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, Literal
 
 from pydantic import Field
@@ -31,6 +32,8 @@ from rlft.stages.common import (
     rank_summary,
     report_data,
 )
+
+logger = logging.getLogger(__name__)
 
 STATS_FILE = "reward_stats.json"  # {"mean", "std", "n"}: rewards of the training responses
 
@@ -76,7 +79,7 @@ def make_trainer(
         cfg.model, model_paths=ctx.model_paths, run_dir=ctx.run_dir, base_dir=ctx.base_dir
     )
     ctx.log(f"model: {resolved.description} (+ a one-output score head)")
-    tokenizer, fixups = load_tokenizer(resolved, log=ctx.log)
+    tokenizer, fixups = load_tokenizer(resolved)
     model = load_causal_lm(
         resolved,
         dtype=cfg.model.dtype,
@@ -188,8 +191,8 @@ def run(cfg: RewardStage, ctx: StageContext) -> StageResult:
             f"rejected {held_out['rewards/rejected']:.3f} ± {held_out['rewards/rejected_std']:.3f})"
         )
     else:
-        ctx.log(
-            "WARNING: no eval pairs (set data.eval or data.eval_fraction): accuracy is on training pairs only"
+        logger.warning(
+            "no eval pairs (set data.eval or data.eval_fraction): accuracy is on training pairs only"
         )
 
     rank = rank_summary(trainer)  # before saving: merging LoRA changes the weights in place

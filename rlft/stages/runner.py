@@ -8,6 +8,7 @@ with one rename. Exit codes: 0 done, 2 bad input (message printed), 1 anything e
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 import traceback
@@ -24,21 +25,33 @@ from rlft.artifacts import (
 from rlft.config import EvaluateConfig, TrackingConfig
 from rlft.distributed import is_main_process, process_rank, world_size
 from rlft.errors import RlftError
+from rlft.log import ensure_logging, stage_log
 from rlft.stages import stage_config_class, stage_module
 from rlft.stages.base import StageContext
 from rlft.stages.common import describe_peak_memory, peak_memory
 from rlft.tracking import Tracker
 
+logger = logging.getLogger("rlft.stages.runner")  # not __name__: `python -m` runs this as __main__
+
 
 def main(work_dir: str) -> int:
+    ensure_logging()  # at the CLI's level: $RLFT_LOG_LEVEL, inherited
     work = Path(work_dir).resolve()
+    with stage_log(work / "stage.log"):  # + the debug lines the console leaves out
+        return _run(work)
+
+
+def _run(work: Path) -> int:
     plan = read_json(work / "plan.json")
     if plan is None:
-        print(f"[rlft] {work}/plan.json is missing or unreadable", file=sys.stderr)
+        logger.error(f"{work}/plan.json is missing or unreadable")
         return 2
     module = stage_module(plan["kind"])
     cfg = stage_config_class(plan["kind"]).model_validate(plan["stage"])
     main_process = is_main_process()
+    logger.debug(
+        f"stage {cfg.name} ({cfg.kind}): process {process_rank()} of {world_size()}, work folder {work}"
+    )
 
     ctx = StageContext(
         pipeline=plan["pipeline"],
@@ -116,7 +129,7 @@ def main(work_dir: str) -> int:
 
 
 def _fail(work: Path, record: dict, ctx: StageContext, main_process: bool, error: str, *, code: int) -> int:
-    print(f"[rlft] stage '{record['stage']}' failed: {error}", file=sys.stderr, flush=True)
+    logger.error(f"stage '{record['stage']}' failed: {error}")
     ctx.tracker.finish()
     if main_process:
         write_json_atomic(

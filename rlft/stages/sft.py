@@ -12,6 +12,7 @@ template marks them with `{% generation %}`.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
 from pydantic import Field
@@ -27,6 +28,8 @@ from rlft.stages.common import (
     load_policy,
     report_data,
 )
+
+logger = logging.getLogger(__name__)
 
 
 class SFTStage(TrainerStage):
@@ -53,9 +56,7 @@ def trainer_args(
     # `messages` data: train on assistant turns only, when the template can mark them.
     assistant_only = conversational_lm and template is not None and "{% generation %}" in template
     if conversational_lm and not cfg.trainer.get("assistant_only_loss", assistant_only):
-        ctx.log(
-            "WARNING: the chat template has no {% generation %} markers: loss on every token of `messages`"
-        )
+        logger.warning("the chat template has no {% generation %} markers: loss on every token of `messages`")
     from trl import SFTConfig
 
     return build_trainer_args(
@@ -109,7 +110,7 @@ def _check_truncation(
     what = f"{before - after} of {before} training rows have no completion token left after truncation to max_length={max_length}"
     if after == 0:
         raise ConfigError(f"stages.{cfg.name}: {what}; raise stages.{cfg.name}.trainer.max_length")
-    ctx.log(f"WARNING: {what}; they are left out (raise trainer.max_length to keep them)")
+    logger.warning(f"{what}; they are left out (raise trainer.max_length to keep them)")
 
 
 def run(cfg: SFTStage, ctx: StageContext) -> StageResult:

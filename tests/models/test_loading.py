@@ -29,7 +29,7 @@ def resolve(source, tmp_path, **kw):
     )
 
 
-def test_tokenizer_fixups_are_applied_and_reported(tiny, tmp_path):
+def test_tokenizer_fixups_are_applied_and_reported(tiny, tmp_path, caplog):
     from transformers import AutoTokenizer
 
     bare = tmp_path / "bare"
@@ -38,8 +38,8 @@ def test_tokenizer_fixups_are_applied_and_reported(tiny, tmp_path):
     tok.chat_template = None
     tok.save_pretrained(bare)
     (bare / "chat_template.jinja").unlink(missing_ok=True)
-    logged = []
-    fixed, fixups = load_tokenizer(resolve({"path": str(bare)}, tmp_path), log=logged.append)
+    fixed, fixups = load_tokenizer(resolve({"path": str(bare)}, tmp_path))
+    logged = [f"{r.levelname} {r.getMessage()}" for r in caplog.records if r.name.startswith("rlft")]
     assert fixed.pad_token == fixed.eos_token == "<|end|>"
     assert fixed.chat_template == DEFAULT_CHAT_TEMPLATE
     assert len(fixups) == 2 and all(f in " ".join(logged) for f in fixups)

@@ -288,7 +288,7 @@ def test_init_text_starts_as_that_text_in_front_of_the_input(base, method):
     assert torch.allclose(out, reference, atol=1e-5)
 
 
-def test_later_stages_start_from_a_prompt_artifact_with_its_prompt(tmp_path, base):
+def test_later_stages_start_from_a_prompt_artifact_with_its_prompt(tmp_path, base, caplog):
     """Chaining: a prefix-tuned artifact is re-attached (not silently dropped) for the next stage,
     its reference and evaluation; full tuning on top trains base and prefix and keeps both."""
     from peft import PeftModel
@@ -330,13 +330,15 @@ def test_later_stages_start_from_a_prompt_artifact_with_its_prompt(tmp_path, bas
     assert saved["peft"] == "prefix_tuning" and not saved["merged"]
     assert torch.allclose(logits(load_causal_lm(ResolvedModel(str(tmp_path / "second")))), out, atol=1e-5)
 
-    logged = []
+    caplog.clear()
     scorer = load_causal_lm(
         ResolvedModel(first, description="stage 'first'"),
         auto_class="AutoModelForSequenceClassification",
-        log=logged.append,
         num_labels=1,
     )
+    logged = [
+        r.getMessage() for r in caplog.records if r.name.startswith("rlft") and r.levelname == "WARNING"
+    ]
     assert not isinstance(scorer, PeftModel)
     assert "starts from its base weights, without it" in logged[0]
 
