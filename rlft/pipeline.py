@@ -255,43 +255,22 @@ def _run_stages(
         decision = decide(
             config_hash, inputs, read_stage_facts(run_dir, stage.name, reuse=reuse), force=force
         )
-        match decision:
-            case Skip(record):
-                logger.info(
-                    f"skipped: {stage.name} is done with the same config and inputs (--force re-runs it)"
-                )
-                outcome = StageOutcome(stage.name, stage.kind, "skipped", record)
-            case Share(folder, record):
-                link_dir(folder, run_dir / stage.name)
-                logger.info(
-                    f"shared: {stage.name} is done in {folder.parent} with the same config and inputs "
-                    "(hard-linked here)"
-                )
-                outcome = StageOutcome(stage.name, stage.kind, "shared", record)
-            case Resume() | Run():
-                plan = {
-                    "pipeline": pipeline.name,
-                    "run_id": run_id,
-                    "kind": stage.kind,
-                    "stage": stage.model_dump(mode="json", by_alias=True),
-                    "config_hash": config_hash,
-                    "inputs": inputs,
-                    "run_dir": str(run_dir),
-                    "base_dir": str(pipeline.base_dir),
-                    "model_paths": model_paths,
-                    "evaluate": pipeline.config.evaluate.model_dump() if pipeline.config.evaluate else None,
-                    "tracking": pipeline.config.tracking.model_dump(),
-                    "resume_from": decision.checkpoint if isinstance(decision, Resume) else None,
-                }
-                outcome = _execute(
-                    stage,
-                    plan,
-                    run_dir,
-                    launch=launch,
-                    base_dir=pipeline.base_dir,
-                    world=world,
-                )
-                failed = outcome if outcome.status == "failed" else None
+        plan = {
+            "pipeline": pipeline.name,
+            "run_id": run_id,
+            "kind": stage.kind,
+            "stage": stage.model_dump(mode="json", by_alias=True),
+            "config_hash": config_hash,
+            "inputs": inputs,
+            "run_dir": str(run_dir),
+            "base_dir": str(pipeline.base_dir),
+            "model_paths": model_paths,
+            "evaluate": pipeline.config.evaluate.model_dump() if pipeline.config.evaluate else None,
+            "tracking": pipeline.config.tracking.model_dump(),
+            "resume_from": decision.checkpoint if isinstance(decision, Resume) else None,
+        }
+        outcome = _act(decision, stage, plan, run_dir, launch=launch, base_dir=pipeline.base_dir, world=world)
+        failed = outcome if outcome.status == "failed" else None
         outcomes.append(outcome)
 
     write_summary(run_dir, outcomes)
@@ -302,6 +281,31 @@ def _run_stages(
             f"stage '{failed.name}' failed: {error}\n  log: {run_dir / '.work' / failed.name / 'stage.log'}"
         )
     return outcomes
+
+
+def _act(
+    decision: Decision,
+    stage: StageBase,
+    plan: dict[str, Any],
+    run_dir: Path,
+    *,
+    launch: str | None,
+    base_dir: Path,
+    world: World | None,
+) -> StageOutcome:
+    """Carry out `decide`'s decision for a stage; `plan` is what its process is told when it runs."""
+    match decision:
+        case Skip(record):
+            logger.info(f"skipped: {stage.name} is done with the same config and inputs (--force re-runs it)")
+            return StageOutcome(stage.name, stage.kind, "skipped", record)
+        case Share(folder, record):
+            link_dir(folder, run_dir / stage.name)
+            logger.info(
+                f"shared: {stage.name} is done in {folder.parent} with the same config and inputs (hard-linked here)"
+            )
+            return StageOutcome(stage.name, stage.kind, "shared", record)
+        case _:  # Resume or Run: plan["resume_from"] says which
+            return _execute(stage, plan, run_dir, launch=launch, base_dir=base_dir, world=world)
 
 
 def _keep_pipeline_file(pipeline: PipelineSpec, run_dir: Path) -> None:
