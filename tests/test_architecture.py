@@ -45,6 +45,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "rlft.rewards",
             "rlft.losses",
             "rlft.evaluation",
+            "rlft.comparisons",
             "rlft.tasks",
             "rlft.tasks.",
             "reward_models",
