@@ -1,7 +1,9 @@
-"""Measure a policy on a verifiable task: greedy completions scored by a reward function.
+"""Measure a policy: on a verifiable task (greedy completions scored by a reward function), and by its
+distance from a reference (the KL of its own seeded samples).
 
-Greedy decoding (no sampling) makes the number reproducible: the same model and prompts always
-give the same completions, so a change between stages is the stages' doing, not the dice's.
+Greedy decoding (no sampling) makes the task reward reproducible: the same model and prompts always
+give the same completions, so a change between stages is the stages' doing, not the dice's. The KL
+needs the policy's own distribution, so it samples, with a fixed seed.
 """
 
 from __future__ import annotations
@@ -109,3 +111,68 @@ def _decode(tokenizer: Any, ids: list[int]) -> str:
     if tokenizer.eos_token_id in ids:
         ids = ids[: ids.index(tokenizer.eos_token_id)]
     return tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def sampled_kl(
+    policy: Any,
+    reference: Any,
+    tokenizer: Any,
+    prompts: Sequence[Prompt],
+    *,
+    samples_per_prompt: int = 1,
+    max_new_tokens: int = 32,
+    temperature: float = 1.0,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> Any:
+    """KL(policy || reference) in nats per response on `prompts`, from the policy's own samples:
+    `samples_per_prompt` responses per prompt sampled at `temperature` (seeded), each response's
+    log-prob summed over its tokens under both models, at that temperature (rlft.comparisons.sequence_kl:
+    the mean of the log-ratio, with its standard error). Both models read the policy's tokens, so they
+    need the same tokenizer.
+    """
+    import torch
+
+    from rlft.comparisons import sequence_kl
+    from rlft.models.prompt_learning import fix_prompt_learning
+    from rlft.rl.core import logprobs_from_logits
+    from rlft.rl.critic import policy_logits, position_ids_from_mask
+    from rlft.rl.rollout import left_pad, sample_responses
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = [ids for p in prompts for ids in [_encode(tokenizer, p)] * samples_per_prompt]
+    states = [(m, m.training) for m in (policy, reference)]
+    policy_logps: list[float] = []
+    reference_logps: list[float] = []
+    for model, _ in states:
+        model.eval()
+        fix_prompt_learning(model)
+    try:
+        with torch.inference_mode(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for start in range(0, len(encoded), batch_size):
+                prompt_ids, prompt_mask = left_pad(encoded[start : start + batch_size], pad_id)  # (B, P)
+                rollout = sample_responses(
+                    policy,
+                    prompt_ids.to(policy.device),
+                    prompt_mask.to(policy.device),
+                    max_new_tokens=max_new_tokens,
+                    temperature=temperature,
+                    eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=pad_id,
+                )
+                a = rollout.response_mask.shape[1]
+                positions = position_ids_from_mask(rollout.attention_mask)
+                for model, out in ((policy, policy_logps), (reference, reference_logps)):
+                    ids, mask = rollout.sequences.to(model.device), rollout.attention_mask.to(model.device)
+                    logits = policy_logits(model, ids, mask, positions.to(model.device))[
+                        :, -a - 1 : -1
+                    ]  # (B, A, V)
+                    per_token = logprobs_from_logits(
+                        logits, rollout.responses.to(model.device), temperature=temperature
+                    )
+                    out += (per_token * rollout.response_mask.to(model.device)).sum(-1).tolist()  # (B,)
+    finally:
+        for model, was_training in states:
+            model.train(was_training)
+    return sequence_kl(policy_logps, reference_logps)

@@ -75,3 +75,30 @@ def test_task_reward_fields(model_and_tokenizer):
 def test_task_reward_needs_rows(model_and_tokenizer):
     with pytest.raises(ValueError, match="no rows"):
         task_reward(*model_and_tokenizer, [], uppercase_copy)
+
+
+def test_sampled_kl_is_zero_against_itself_and_grows_with_a_perturbation(model_and_tokenizer):
+    import copy
+
+    import torch
+
+    from rlft.evaluation import sampled_kl
+
+    model, tokenizer = model_and_tokenizer
+    prompts = [row["prompt"] for row in ROWS] * 8
+    options = {"samples_per_prompt": 2, "max_new_tokens": 8, "batch_size": 16, "seed": 3}
+    same = sampled_kl(model, model, tokenizer, prompts, **options)
+    assert same.mean == 0.0 and same.n == len(prompts) * 2
+    kls = []
+    for scale in (0.02, 0.1, 0.4):
+        perturbed = copy.deepcopy(model)
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in perturbed.parameters():
+                p.add_(torch.randn(p.shape, generator=generator) * scale)
+        kls.append(sampled_kl(perturbed, model, tokenizer, prompts, **options))
+    means = [k.mean for k in kls]
+    assert 0 < means[0] < means[1] < means[2], means
+    assert all(k.stderr > 0 for k in kls)
+    # seeded: the same call gives the same estimate
+    assert sampled_kl(perturbed, model, tokenizer, prompts, **options).mean == kls[-1].mean
