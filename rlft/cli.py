@@ -201,6 +201,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     schema.add_argument("--out", type=Path, metavar="FILE", help="write it to FILE (default: print it)")
 
+    evaluate = sub.add_parser(
+        "eval",
+        help="measure every policy stage of a finished run: task reward, RM score, win rate, KL",
+        description=EVAL_DESCRIPTION,
+        epilog=EVAL_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    evaluate.add_argument("run_dir", type=Path, help="a run folder (runs/<pipeline>)")
+    evaluate.add_argument(
+        "--stages", nargs="+", metavar="STAGE", help="only these stages (default: every policy stage)"
+    )
+    evaluate.add_argument(
+        "--against",
+        metavar="STAGE",
+        help="the baseline of every stage's win rate and KL (default: the stage it started from)",
+    )
+    evaluate.add_argument(
+        "--samples",
+        type=int,
+        default=4,
+        metavar="N",
+        help="seeded samples per prompt (default 4; 0: greedy only)",
+    )
+    evaluate.add_argument("--max-prompts", type=int, metavar="N", help="the first N held-out prompts only")
+    evaluate.add_argument(
+        "--seed", type=int, default=0, help="seeds the samples and the bootstrap (default 0)"
+    )
+
     export = sub.add_parser(
         "export",
         help="write a stage's model as a plain Hugging Face folder (adapters merged with --merge)",
@@ -225,6 +253,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     return parser
 
+
+EVAL_DESCRIPTION = """\
+Measure every policy stage of a finished run on the pipeline's held-out prompts (its `evaluate:`
+block): the verifier's mean reward on greedy completions and on seeded samples, the run's reward
+model's mean score, the win rate against a baseline stage (the stage each one started from, or
+--against; judged by the reward model, else the verifier; ties apart, a 95% bootstrap interval and
+the length-controlled variant), and the KL from that baseline on the stage's own samples. Writes
+RUN_DIR/eval.json and RUN_DIR/eval.csv and prints one table.
+"""
+
+EVAL_EPILOG = """\
+Examples:
+  rlft eval runs/quickstart
+  rlft eval runs/quickstart --stages dpo ppo --against sft --samples 8
+"""
 
 EXPORT_DESCRIPTION = """\
 Write the model of a finished stage as a folder that needs neither rlft nor the run folder:
@@ -496,6 +539,22 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rlft.run_evaluation import evaluate_run, print_table
+
+    results = evaluate_run(
+        args.run_dir,
+        stages=args.stages,
+        against=args.against,
+        samples=args.samples,
+        max_prompts=args.max_prompts,
+        seed=args.seed,
+    )
+    print_table(results)
+    print(f"eval: {args.run_dir / 'eval.json'}, {args.run_dir / 'eval.csv'}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from rlft.models.export import export_model
 
@@ -511,6 +570,7 @@ COMMANDS = {
     "data": cmd_data,
     "config": cmd_config,
     "export": cmd_export,
+    "eval": cmd_eval,
 }
 DATA_COMMANDS = {"inspect": cmd_data_inspect}
 CONFIG_COMMANDS = {"show": cmd_config_show, "schema": cmd_config_schema}

@@ -68,6 +68,50 @@ def greedy_completions(
     return completions
 
 
+def sampled_completions(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Prompt],
+    *,
+    samples_per_prompt: int,
+    temperature: float = 1.0,
+    max_new_tokens: int = 32,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> list[list[str]]:
+    """`samples_per_prompt` sampled completions per prompt (plain sampling at `temperature`, seeded:
+    the same call gives the same text), decoded as `greedy_completions` decodes. (N prompts) -> N lists."""
+    import torch
+
+    from rlft.models.prompt_learning import fix_prompt_learning
+    from rlft.rl.rollout import left_pad, sample_responses
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = [ids for p in prompts for ids in [_encode(tokenizer, p)] * samples_per_prompt]
+    flat: list[str] = []
+    was_training = model.training
+    model.eval()
+    fix_prompt_learning(model)
+    try:
+        with torch.inference_mode(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for start in range(0, len(encoded), batch_size):
+                prompt_ids, prompt_mask = left_pad(encoded[start : start + batch_size], pad_id)  # (B, P)
+                rollout = sample_responses(
+                    model,
+                    prompt_ids.to(model.device),
+                    prompt_mask.to(model.device),
+                    max_new_tokens=max_new_tokens,
+                    temperature=temperature,
+                    eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=pad_id,
+                )
+                flat += [_decode(tokenizer, ids) for ids in rollout.responses.tolist()]
+    finally:
+        model.train(was_training)
+    return [flat[i : i + samples_per_prompt] for i in range(0, len(flat), samples_per_prompt)]
+
+
 def task_reward(
     model: Any,
     tokenizer: Any,

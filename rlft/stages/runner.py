@@ -72,6 +72,7 @@ def _run(work: Path) -> int:
         "config": plan["stage"],
         "config_hash": plan["config_hash"],
         "inputs": plan["inputs"],
+        "base_dir": plan["base_dir"],  # where the pipeline file was: its relative paths resolve there
         "resumed_from": ctx.resume_from,
         "versions": library_versions(),
         "git_commit": git_commit(),

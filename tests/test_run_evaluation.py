@@ -1,0 +1,60 @@
+"""`rlft eval RUN_DIR` (rlft/run_evaluation.py) on a tiny finished run: one row per policy stage, every column."""
+
+import csv
+import json
+
+import pytest
+
+from rlft.cli import main
+from rlft.errors import ConfigError
+from rlft.run_evaluation import COLUMNS, evaluate_run
+
+pytestmark = pytest.mark.slow
+
+SECOND_SFT = """
+- name: more
+  kind: sft
+  model: {from: sft}
+  data: {train: %s/sft_train.jsonl, max_rows: 64}
+  trainer: {max_steps: 4, learning_rate: 5.0e-3}
+"""
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from conftest import QUICKSTART_DATA, tiny_pipeline_yaml
+
+    folder = tmp_path_factory.mktemp("evalrun")
+    pipeline = folder / "p.yaml"
+    pipeline.write_text(tiny_pipeline_yaml(evaluate=True, extra_stage=SECOND_SFT % QUICKSTART_DATA))
+    assert main(["run", str(pipeline), "--run-dir", str(folder / "run")]) == 0
+    return folder / "run"
+
+
+def test_every_policy_stage_gets_a_row_with_its_baseline(run_dir, capsys):
+    assert main(["eval", str(run_dir), "--samples", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "rlft eval" in printed and "eval.json" in printed
+    rows = json.loads((run_dir / "eval.json").read_text())
+    assert [r["stage"] for r in rows] == ["sft", "more"]  # `base` measures only: no model of its own
+    first, second = rows
+    assert first["baseline"] is None and "win_rate" not in first  # sft started from the tiny model, no stage
+    assert second["baseline"] == "sft" and second["judge"] == "task reward"
+    for row in rows:
+        assert 0 <= row["task_reward"] <= 1 and 0 <= row["task_reward_sampled"] <= 1 and row["mean_length"] >= 0
+    assert second["wins"] + second["ties"] + second["losses"] == 8  # evaluate.max_prompts
+    assert second["win_rate_low"] <= second["win_rate"] <= second["win_rate_high"]
+    assert 0 <= second["lc_win_rate"] <= 1
+    assert second["kl"] > 0 and second["kl_stderr"] > 0  # more training moved it away from sft
+    with open(run_dir / "eval.csv") as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0]) == list(COLUMNS) and [r["stage"] for r in table] == ["sft", "more"]
+
+
+def test_against_names_the_baseline_of_every_stage(run_dir):
+    rows = evaluate_run(run_dir, stages=["more"], against="more", samples=0)
+    assert rows[0]["baseline"] is None  # a stage against itself has no baseline
+    rows = evaluate_run(run_dir, stages=["sft"], against="more", samples=0)
+    assert rows[0]["baseline"] == "more" and "task_reward_sampled" not in rows[0]
+    with pytest.raises(ConfigError, match="no finished policy stage 'base'.*finished: sft, more"):
+        evaluate_run(run_dir, against="base")
