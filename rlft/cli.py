@@ -229,6 +229,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=0, help="seeds the samples and the bootstrap (default 0)"
     )
 
+    report = sub.add_parser(
+        "report",
+        help="one self-contained HTML page about one or more runs: lineage, curves, evaluation, reward vs KL",
+        description=(
+            "Write report.html (plots embedded, one file to attach or mail) and summary.md for the runs given: "
+            "each stage's lineage, its curves from metrics.jsonl, the evaluation table of `rlft eval` with reward "
+            "against KL across the runs' policy stages (several runs draw a frontier), samples side by side and "
+            "the data reports. By default into the first run's folder."
+        ),
+    )
+    report.add_argument(
+        "run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="run folders (runs/<pipeline>)"
+    )
+    report.add_argument(
+        "--out", type=Path, metavar="FILE", help="where to write the page (default: RUN_DIR/report.html)"
+    )
+
     export = sub.add_parser(
         "export",
         help="write a stage's model as a plain Hugging Face folder (adapters merged with --merge)",
@@ -453,11 +470,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from rlft.api import Pipeline
+    from rlft.report import write_report
     from rlft.resources import quickstart_config
+    from rlft.run_evaluation import evaluate_run, print_table
 
-    results = Pipeline.from_yaml(quickstart_config(), overrides=args.overrides).run(
-        run_dir=args.run_dir, only=args.only, force=args.force, launch=args.launch
-    )
+    pipeline = Pipeline.from_yaml(quickstart_config(), overrides=args.overrides)
+    results = pipeline.run(run_dir=args.run_dir, only=args.only, force=args.force, launch=args.launch)
     if not results:
         return 0  # a rank other than 0 of an outer `accelerate launch`: rank 0 reports
     line = " -> ".join(
@@ -469,6 +487,10 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
             print(f"reward model '{r['stage']}': held-out pairwise accuracy {r['reward_accuracy']:.1%}")
         if r.get("kl") is not None:
             print(f"stage '{r['stage']}': final KL from its reference {r['kl']:.3f} nats per response")
+    if args.only is None:  # every stage is there to compare
+        run_dir = args.run_dir or Path("runs") / pipeline.name
+        print_table(evaluate_run(run_dir, samples=2))
+        print(f"report: {write_report([run_dir])}")
     return 0
 
 
@@ -555,6 +577,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from rlft.report import write_report
+
+    print(f"report: {write_report(args.run_dirs, out=args.out)}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from rlft.models.export import export_model
 
@@ -571,6 +600,7 @@ COMMANDS = {
     "config": cmd_config,
     "export": cmd_export,
     "eval": cmd_eval,
+    "report": cmd_report,
 }
 DATA_COMMANDS = {"inspect": cmd_data_inspect}
 CONFIG_COMMANDS = {"show": cmd_config_show, "schema": cmd_config_schema}

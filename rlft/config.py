@@ -197,6 +197,10 @@ class PipelineConfig(Strict):
     evaluate: EvaluateConfig | None = Field(
         None, description="task reward after each stage (and of the starting model, as stage `base`)"
     )
+    report: bool = Field(
+        True,
+        description="write runs/<name>/report.html (lineage, curves, samples; `rlft report`) after a run",
+    )
     stages: list[dict[str, Any]] = Field(
         min_length=1,
         description="the stages in order, each with a `kind` and a unique `name` (see `rlft config show`)",

@@ -275,12 +275,24 @@ def _run_stages(
 
     write_summary(run_dir, outcomes)
     print_summary(console, outcomes, run_dir)
+    if pipeline.config.report:
+        _write_report(run_dir, console)
     if failed is not None:
         error = failed.record.get("error") or "see its log"
         raise StageFailed(
             f"stage '{failed.name}' failed: {error}\n  log: {run_dir / '.work' / failed.name / 'stage.log'}"
         )
     return outcomes
+
+
+def _write_report(run_dir: Path, console: Any) -> None:
+    """report.html for the run; the stages are done and kept whatever happens here, so a failure is a warning."""
+    from rlft.report import write_report
+
+    try:
+        console.print(f"report: {write_report([run_dir])}")
+    except Exception as e:  # noqa: BLE001 - a plot that fails must not fail a finished run
+        logger.warning(f"report not written ({type(e).__name__}: {e}); try `rlft report {run_dir}`")
 
 
 def _act(

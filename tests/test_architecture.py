@@ -61,7 +61,7 @@ LAYERS: list[tuple[str, list[str]]] = [
         "pipeline files, launch rules, launched mode",
         ["rlft.pipeline_file", "rlft.launch_rules", "rlft.launched", "rlft.config_reference"],
     ),
-    ("pipeline and sweep", ["rlft.pipeline", "rlft.sweep", "rlft.run_evaluation"]),
+    ("pipeline and sweep", ["rlft.pipeline", "rlft.sweep", "rlft.run_evaluation", "rlft.report"]),
     ("Python API and CLI", ["rlft.api", "rlft.cli", "rlft", "rlft.__main__"]),
 ]
 

@@ -16,7 +16,7 @@ SECOND_SFT = """
   kind: sft
   model: {from: sft}
   data: {train: %s/sft_train.jsonl, max_rows: 64}
-  trainer: {max_steps: 4, learning_rate: 5.0e-3}
+  trainer: {max_steps: 4, learning_rate: 5.0e-3, logging_steps: 1}
 """
 
 
@@ -26,7 +26,12 @@ def run_dir(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("evalrun")
     pipeline = folder / "p.yaml"
-    pipeline.write_text(tiny_pipeline_yaml(evaluate=True, extra_stage=SECOND_SFT % QUICKSTART_DATA))
+    yaml = tiny_pipeline_yaml(
+        evaluate=True,
+        sft_trainer="{max_steps: 4, logging_steps: 1}",
+        extra_stage=SECOND_SFT % QUICKSTART_DATA,
+    )
+    pipeline.write_text(yaml)
     assert main(["run", str(pipeline), "--run-dir", str(folder / "run")]) == 0
     return folder / "run"
 
@@ -41,7 +46,9 @@ def test_every_policy_stage_gets_a_row_with_its_baseline(run_dir, capsys):
     assert first["baseline"] is None and "win_rate" not in first  # sft started from the tiny model, no stage
     assert second["baseline"] == "sft" and second["judge"] == "task reward"
     for row in rows:
-        assert 0 <= row["task_reward"] <= 1 and 0 <= row["task_reward_sampled"] <= 1 and row["mean_length"] >= 0
+        assert (
+            0 <= row["task_reward"] <= 1 and 0 <= row["task_reward_sampled"] <= 1 and row["mean_length"] >= 0
+        )
     assert second["wins"] + second["ties"] + second["losses"] == 8  # evaluate.max_prompts
     assert second["win_rate_low"] <= second["win_rate"] <= second["win_rate_high"]
     assert 0 <= second["lc_win_rate"] <= 1
@@ -58,3 +65,34 @@ def test_against_names_the_baseline_of_every_stage(run_dir):
     assert rows[0]["baseline"] == "more" and "task_reward_sampled" not in rows[0]
     with pytest.raises(ConfigError, match="no finished policy stage 'base'.*finished: sft, more"):
         evaluate_run(run_dir, against="base")
+
+
+def test_report_embeds_its_images_and_renders_in_headless_chromium(run_dir, tmp_path):
+    """`rlft report` writes one self-contained page; Chromium loads it with every image decoded."""
+    import re
+    import shutil
+    import subprocess
+
+    evaluate_run(run_dir, samples=2)
+    out = tmp_path / "report.html"
+    assert main(["report", str(run_dir), str(run_dir), "--out", str(out)]) == 0
+    page = out.read_text()
+    images = re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,', page)
+    assert "reward against KL" in images and "loss" in images  # the frontier and the stages' curves
+    assert 'src="http' not in page and "<link" not in page  # nothing outside the file
+    assert "<table>" in page and ">more</td>" in page and "samples side by side" in page
+    assert (tmp_path / "summary.md").read_text().startswith("# rlft report")
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser, "headless Chromium is needed (Debian: apt-get install chromium; .ci/run installs it)"
+    common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000"]
+    dom = subprocess.run([*common, "--dump-dom", out.as_uri()], capture_output=True, text=True, timeout=120)
+    assert 'data-images-loaded="true"' in dom.stdout, dom.stderr[-2000:]
+    assert int(re.search(r'data-tables="(\d+)"', dom.stdout).group(1)) >= 3
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [*common, f"--screenshot={shot}", "--window-size=1300,2400", out.as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
+    assert shot.stat().st_size > 10_000  # a page with plots, not a blank one
