@@ -228,14 +228,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 EXPORT_DESCRIPTION = """\
 Write the model of a finished stage as a folder that needs neither rlft nor the run folder:
-weights (safetensors), config and tokenizer with its chat template; rlft's records (stage.json,
-metrics, logs, data reports) are left out.
+weights (safetensors), config and tokenizer with its chat template, a generation_config.json and a
+model card (README.md: Hugging Face metadata, the lineage of stages, the stage's metrics, intended
+use). Only model files are copied: rlft's records (stage.json, metrics, logs, data reports, wandb/,
+tensorboard/, ranks/) are left out.
 
 With --merge the result is one plain model that loads with
 transformers.AutoModelForCausalLM.from_pretrained(DIR) (a reward model: AutoModelForSequenceClassification).
 LoRA, DoRA and (IA)^3 stages are stored merged already; a bare PEFT adapter folder is loaded onto its
 base model and merged. Prompt and prefix tuning cannot be merged (their virtual tokens are inputs, not
 weights): export them without --merge to get the base model plus the PEFT prompt in DIR/adapter.
+A merged model is checked first: its logits must equal base + adapter (unmerged) on a few inputs and,
+when the adapter is not zero, differ from the base model's; an export that fails is not written.
 """
 
 EXPORT_EPILOG = """\
