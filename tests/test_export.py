@@ -345,3 +345,68 @@ def test_merging_a_peft_folder_is_refused_when_the_merge_loses_the_adapter(
     assert "reproduces its base model exactly" in err and "the PEFT folder itself is portable" in err
     assert not (tmp_path / "out").exists()
 
+
+@pytest.mark.slow
+def test_a_real_run_exports_without_its_records_and_generates(tmp_path, monkeypatch, capsys):
+    """End to end: `rlft run` (SFT with LoRA -> DPO with LoRA, W&B offline, TensorBoard), then `rlft export
+    --merge` of the DPO stage (merge check against the SFT folder), its card, and `rlft generate` on it."""
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv("WANDB_MODE", "offline")  # W&B writes its offline run into each stage folder
+    data = QUICKSTART_DATA
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(
+        textwrap.dedent(f"""
+        name: e2e
+        model:
+          tiny: {{hidden_size: 32, num_layers: 2, num_heads: 2, tokenizer_texts: [{data}/sft_train.jsonl]}}
+        evaluate: {{prompts: {data}/heldout_prompts.jsonl, reward: reward_models.tasks:uppercase_copy,
+                    max_prompts: 8, max_new_tokens: 8}}
+        tracking: {{wandb: offline, tensorboard: true}}
+        stages:
+          - name: sft
+            kind: sft
+            data: {{train: {data}/sft_train.jsonl, max_rows: 64}}
+            tuning: {{method: lora, r: 4, dropout: 0.0}}
+            trainer: {{max_steps: 4, learning_rate: 1.0e-2}}
+          - name: dpo
+            kind: dpo
+            model: {{from: sft}}
+            data: {{train: {data}/prefs_train.jsonl, max_rows: 64}}
+            max_length: 64
+            tuning: {{method: lora, r: 4, dropout: 0.0}}
+            trainer: {{max_steps: 3, learning_rate: 1.0e-2}}
+        """)
+    )
+    run = tmp_path / "run"
+    assert main(["run", str(pipeline), "--run-dir", str(run)]) == 0
+    assert {"wandb", "tensorboard", "ranks", "stage.json"} <= {p.name for p in (run / "dpo").iterdir()}
+    capsys.readouterr()
+
+    assert main(["export", str(run / "dpo"), "--merge", "--out", str(tmp_path / "out")]) == 0
+    assert "merge check passed" in capsys.readouterr().out
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    assert not names & RECORD_NAMES and {"README.md", "generation_config.json"} <= names
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    stage = AutoModelForCausalLM.from_pretrained(run / "dpo")
+    assert torch.equal(logits(exported), logits(stage))
+
+    card = (tmp_path / "out" / "README.md").read_text()
+    record = json.loads((run / "dpo" / "stage.json").read_text())
+    meta = front_matter(card)
+    assert meta["tags"] == ["rlft", "dpo", "lora"]
+    assert meta["datasets"] == [
+        *json.loads((run / "sft" / "stage.json").read_text())["inputs"]["data"].values(),
+        *record["inputs"]["data"].values(),
+    ]
+    assert "| 1 | sft | sft | lora |" in card and "| 2 | dpo | dpo | lora | stage `sft` |" in card
+    assert "task_reward" in record["metrics"]
+    for key, value in record["metrics"].items():  # every number stage.json holds, as the card prints it
+        if isinstance(value, float):
+            assert f"| {key} | {value:.4g} |" in card
+
+    generate = ["--prompt", "shout: a b c", "--max-new-tokens", "4"]
+    assert main(["generate", str(tmp_path / "out"), *generate]) == 0
+    from_export = capsys.readouterr().out
+    assert main(["generate", str(run / "dpo"), *generate]) == 0
+    assert capsys.readouterr().out == from_export
