@@ -346,6 +346,17 @@ def test_merging_a_peft_folder_is_refused_when_the_merge_loses_the_adapter(
     assert not (tmp_path / "out").exists()
 
 
+def test_a_prompt_export_card_names_its_method_and_how_to_load_it(tmp_path, tiny):
+    """A stage folder whose stage.json says little: the card takes the method from adapter/ and tells
+    how to load the base with its prompt."""
+    adapted_stage(tiny, tmp_path / "stage", PromptTuning(num_virtual_tokens=3))
+    assert main(["export", str(tmp_path / "stage"), "--out", str(tmp_path / "out")]) == 0
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert front_matter(card)["tags"] == ["rlft", "prompt_tuning"]
+    assert 'AutoPeftModelForCausalLM.from_pretrained(path + "/adapter")' in card
+    assert "merge check" not in card  # nothing was merged
+
+
 @pytest.mark.slow
 def test_a_real_run_exports_without_its_records_and_generates(tmp_path, monkeypatch, capsys):
     """End to end: `rlft run` (SFT with LoRA -> DPO with LoRA, W&B offline, TensorBoard), then `rlft export

@@ -166,9 +166,15 @@ def _export_stage(source: Path, out: Path, *, merge: bool) -> str:
         if task == "CAUSAL_LM":
             _write_generation_config(source, tmp, tokenizer)
         load = _load_snippet(auto_class, prompt=kept is not None)
-        (tmp / CARD).write_text(
-            model_card(chain, name=_card_name(source, chain), task=task, load=load, checks=checks)
+        card = model_card(
+            chain,
+            name=_card_name(source, chain),
+            task=task,
+            load=load,
+            checks=checks,
+            method=_peft_method(source),
         )
+        (tmp / CARD).write_text(card)
 
     _write_atomic(out, write)
     if left_out:
@@ -298,6 +304,15 @@ def _merge_adapter(adapter: Path, out: Path) -> str:
     )
 
 
+def _peft_method(source: Path) -> str | None:
+    """The peft method of a stage folder's adapter/ (lora, dora, ia3, prompt_tuning, ...), for a card
+    whose stage.json does not say; None without one."""
+    config = read_json(source / ADAPTER_DIR / "adapter_config.json")
+    if not config or not config.get("peft_type"):
+        return None
+    return "dora" if config.get("use_dora") else str(config["peft_type"]).lower()
+
+
 def _write_generation_config(source: Path, tmp: Path, tokenizer: Any) -> None:
     """generation_config.json in `tmp`: `source`'s own, with eos/pad ids it lacks taken from the
     tokenizer; else one made of the tokenizer's eos and pad ids (pad: eos when it has none)."""
@@ -335,15 +350,23 @@ def _tokenizer(source: Path) -> Any:
 
 
 def _load_snippet(auto_class: str, *, prompt: bool) -> str:
+    """Python that loads the export, for its model card."""
     path = 'path = "<this folder, or its Hub id>"'
+    reward = auto_class == "AutoModelForSequenceClassification"
     if prompt:
+        peft_class = "AutoPeftModelForSequenceClassification" if reward else "AutoPeftModelForCausalLM"
+        fixed = (
+            "reward_models.RewardModel.from_pretrained(path) scores with it right"
+            if reward
+            else "rlft.models.loading.load_causal_lm (or `rlft generate PATH --prompt ...`) fixes it"
+        )
         return "\n".join(
             [
-                "from peft import AutoPeftModelForCausalLM  # base model at the root, learned prompt in adapter/",
+                f"from peft import {peft_class}  # base model at the root, learned prompt in adapter/",
                 path,
-                'model = AutoPeftModelForCausalLM.from_pretrained(path + "/adapter")',
-                "# peft 0.21's generate is wrong for prompt learning under transformers 5; with rlft installed,",
-                "# rlft.models.loading.load_causal_lm (or `rlft generate PATH --prompt ...`) fixes it",
+                f'model = {peft_class}.from_pretrained(path + "/adapter")',
+                "# peft 0.21's forward and generate are wrong for prompt learning under transformers 5;",
+                f"# with rlft installed, {fixed}",
             ]
         )
     lines = [f"from transformers import AutoTokenizer, {auto_class}", path]
@@ -351,7 +374,7 @@ def _load_snippet(auto_class: str, *, prompt: bool) -> str:
         f"model = {auto_class}.from_pretrained(path)",
         "tokenizer = AutoTokenizer.from_pretrained(path)",
     ]
-    if auto_class == "AutoModelForSequenceClassification":
+    if reward:
         lines += [
             "# with rlft installed, scores (prompt, completion) text through the chat template:",
             "# reward_models.RewardModel.from_pretrained(path, normalize=True).score(prompts, completions)",
@@ -381,7 +404,9 @@ def _pipeline_name(run_dir: Path) -> str | None:
 
 def _hub_id(name: str) -> bool:
     """Whether `name` reads as a Hub model id (`org/name` or `name`), not as a local path."""
-    return not name.startswith((".", "/", "~")) and re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) is not None
+    if name.startswith((".", "/", "~")) or Path(name).exists():
+        return False
+    return re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) is not None
 
 
 def _auto_class(config: dict[str, Any]) -> str:

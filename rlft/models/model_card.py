@@ -108,7 +108,8 @@ def model_card(
 
     lines = ["---", yaml.safe_dump(meta, sort_keys=False).rstrip(), "---", "", f"# {name}", ""]
     if chain:
-        what = f"stage `{last.get('stage')}` ({kind}" + (f", {method}" if method else "") + ")"
+        details = ", ".join(t for t in (kind, method) if t)
+        what = f"stage `{last.get('stage') or '?'}`" + (f" ({details})" if details else "")
         trained = (last.get("versions") or {}).get("rlft", version)
         lines += [f"Trained with rlft {trained}: {what}, the last of {len(chain)} stage(s) below.", ""]
         lines += _lineage_section(chain)
