@@ -268,6 +268,46 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fold adapters into the weights: DIR loads with AutoModelForCausalLM.from_pretrained alone",
     )
+
+    generate = sub.add_parser(
+        "generate",
+        help="a quick look: what a stage folder or an export generates for a prompt, or a small chat",
+        description=GENERATE_DESCRIPTION,
+        epilog=GENERATE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    generate.add_argument("folder", type=Path, help="a stage folder (runs/<pipeline>/<stage>) or an export")
+    what = generate.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--prompt", metavar="TEXT", help="one user turn (through the chat template): print the answer"
+    )
+    what.add_argument(
+        "--chat",
+        action="store_true",
+        help="read user turns from stdin, one a line, until an empty line or its end; answer each with the "
+        "conversation so far",
+    )
+    generate.add_argument(
+        "--raw", action="store_true", help="feed --prompt as plain text, without the chat template"
+    )
+    generate.add_argument("--system", metavar="TEXT", help="a system turn in front of the conversation")
+    generate.add_argument(
+        "--max-new-tokens", type=int, default=64, metavar="N", help="most tokens per answer (default: 64)"
+    )
+    generate.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    generate.add_argument(
+        "--temperature",
+        type=float,
+        metavar="T",
+        help="with --sample: lower is more deterministic (default: 1.0)",
+    )
+    generate.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="S",
+        help="with --sample: the same seed gives the same text (default: 0)",
+    )
     return parser
 
 
@@ -286,16 +326,35 @@ Examples:
   rlft eval runs/quickstart --stages dpo ppo --against sft --samples 8
 """
 
+GENERATE_DESCRIPTION = """\
+Load a stage folder or an export as rlft does (a prompt- or prefix-tuned folder gets its learned prompt
+back) and print what it generates: the answer to --prompt, or a chat read from stdin with --chat. A
+prompt is a user turn rendered with the tokenizer's chat template (--raw: plain text). Greedy decoding
+unless --sample. A reward model scores text instead: reward_models.RewardModel.
+"""
+
+GENERATE_EPILOG = """\
+Examples:
+  rlft generate runs/quickstart/dpo --prompt "shout: a b c"
+  rlft generate models/quickstart-sft --prompt "shout: q r s t u" --sample --temperature 0.7 --seed 1
+  printf 'shout: a b\\nshout: x y z\\n' | rlft generate runs/quickstart/ppo --chat
+"""
+
+
 EXPORT_DESCRIPTION = """\
 Write the model of a finished stage as a folder that needs neither rlft nor the run folder:
-weights (safetensors), config and tokenizer with its chat template; rlft's records (stage.json,
-metrics, logs, data reports) are left out.
+weights (safetensors), config and tokenizer with its chat template, a generation_config.json and a
+model card (README.md: Hugging Face metadata, the lineage of stages, the stage's metrics, intended
+use). Only model files are copied: rlft's records (stage.json, metrics, logs, data reports, wandb/,
+tensorboard/, ranks/) are left out.
 
 With --merge the result is one plain model that loads with
 transformers.AutoModelForCausalLM.from_pretrained(DIR) (a reward model: AutoModelForSequenceClassification).
 LoRA, DoRA and (IA)^3 stages are stored merged already; a bare PEFT adapter folder is loaded onto its
 base model and merged. Prompt and prefix tuning cannot be merged (their virtual tokens are inputs, not
 weights): export them without --merge to get the base model plus the PEFT prompt in DIR/adapter.
+A merged model is checked first: its logits must equal base + adapter (unmerged) on a few inputs and,
+when the adapter is not zero, differ from the base model's; an export that fails is not written.
 """
 
 EXPORT_EPILOG = """\
@@ -591,6 +650,53 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from rlft.models.generate import Decoding, chat, complete, load_for_generation
+
+    if args.temperature is not None and not args.sample:
+        raise RlftError("--temperature applies to sampling: add --sample")
+    if args.temperature is not None and args.temperature <= 0:
+        raise RlftError(
+            f"--temperature {args.temperature}: must be above 0 (greedy decoding: leave out --sample)"
+        )
+    if args.raw and (args.chat or args.system):
+        raise RlftError("--raw feeds --prompt as plain text: it goes with neither --chat nor --system")
+    if args.max_new_tokens < 1:
+        raise RlftError(f"--max-new-tokens {args.max_new_tokens}: must be at least 1")
+    decoding = Decoding(
+        max_new_tokens=args.max_new_tokens,
+        sample=args.sample,
+        temperature=args.temperature if args.temperature is not None else 1.0,
+        seed=args.seed,
+    )
+    model, tokenizer = load_for_generation(args.folder)
+    if args.prompt is not None:
+        system = [{"role": "system", "content": args.system}] if args.system else []
+        prompt = args.prompt if args.raw else [*system, {"role": "user", "content": args.prompt}]
+        print(complete(model, tokenizer, prompt, decoding))
+        return 0
+    chat(
+        model,
+        tokenizer,
+        _stdin_lines(prompt="you: " if sys.stdin.isatty() else None),
+        lambda reply: print(f"assistant: {reply}", flush=True),
+        decoding,
+        system=args.system,
+    )
+    return 0
+
+
+def _stdin_lines(*, prompt: str | None):
+    """stdin's lines as they come (a terminal: after showing `prompt`), up to its end."""
+    while True:
+        if prompt is not None:
+            print(prompt, end="", flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            return
+        yield line
+
+
 COMMANDS = {
     "run": cmd_run,
     "sweep": cmd_sweep,
@@ -601,6 +707,7 @@ COMMANDS = {
     "export": cmd_export,
     "eval": cmd_eval,
     "report": cmd_report,
+    "generate": cmd_generate,
 }
 DATA_COMMANDS = {"inspect": cmd_data_inspect}
 CONFIG_COMMANDS = {"show": cmd_config_show, "schema": cmd_config_schema}
