@@ -90,8 +90,10 @@ def test_pipeline_under_accelerate_launch_trains_on_two_ranks_and_skips_when_don
         "dpo",
         "models",
         "pipeline.yaml",
+        "report.html",  # rank 0's report of the run (rlft.report), and its summary.md
         "sft",
         "summary.json",
+        "summary.md",
     ]
     assert not list((run_dir / ".work").iterdir())  # each stage's work folder renamed away once
 
