@@ -185,6 +185,17 @@ def encode(
 # --- training ---------------------------------------------------------------------------------
 
 
+def shared_aliases(state_dict: dict[str, Tensor]) -> set[str]:
+    """The names in a state dict whose tensor is one an earlier name already holds (tied weights)."""
+    seen, aliases = set(), set()
+    for key, tensor in state_dict.items():
+        where = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if where in seen:
+            aliases.add(key)
+        seen.add(where)
+    return aliases
+
+
 class PairCollator:
     """Rows {anchor, positive[, negative]} -> input_ids and attention_mask (G, B, T), one padding for all."""
 
@@ -232,16 +243,16 @@ def contrastive_trainer(*, symmetric: bool, measure: Any, **kwargs: Any) -> Any:
 
         def _save(self, output_dir=None, state_dict=None):
             # A checkpoint of the Embedder is its state dict in one safetensors file, which refuses
-            # tensors that share memory (a tied LM head): keep the first name of each. Resuming
-            # loads it non-strictly, and the tie fills the other.
+            # tensors that share memory (a tied LM head): each is saved once, under its first name.
             state_dict = self.model.state_dict() if state_dict is None else state_dict
-            seen, kept = set(), {}
-            for key, tensor in state_dict.items():
-                where = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
-                if where not in seen:
-                    seen.add(where)
-                    kept[key] = tensor
-            super()._save(output_dir, state_dict=kept)
+            aliases = shared_aliases(state_dict)
+            super()._save(output_dir, state_dict={k: v for k, v in state_dict.items() if k not in aliases})
+
+        def _issue_warnings_after_load(self, load_result):
+            # Resuming loads the checkpoint non-strictly: the aliases left out are filled by the tie.
+            aliases = shared_aliases(self.model.state_dict())
+            missing = [k for k in load_result.missing_keys if k not in aliases]
+            super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
 
         def log(self, logs, start_time=None):
             if "loss" in logs and hasattr(self, "scale"):
