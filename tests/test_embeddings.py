@@ -69,9 +69,8 @@ def test_info_nce_learns_the_temperature_when_it_is_a_tensor():
 
 def test_retrieval_metrics_rank_ties_against_the_model():
     keys = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
-    queries = torch.tensor(
-        [[1.0, 0.1], [1.0, 0.0], [1.0, 1.0]]
-    )  # 0: right first; 1: right last; 2: right first
+    # query 0 finds its key first, query 1 last (of 3), query 2 first
+    queries = torch.tensor([[1.0, 0.1], [1.0, 0.0], [1.0, 1.0]])
     got = embeddings.retrieval_metrics(queries, keys)
     assert got["accuracy@1"] == pytest.approx(2 / 3)
     assert got["mrr"] == pytest.approx((1 + 1 / 3 + 1) / 3)
