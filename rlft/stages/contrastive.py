@@ -189,6 +189,18 @@ def load_mode_data(cfg: ContrastiveStage, ctx: StageContext, tokenizer: Any) -> 
         raise DataError(f"{e}\n{FORMAT_HINT[cfg.mode]}") from None
 
 
+def final_evaluation(trainer: Any, key: str) -> dict[str, float]:
+    """The held-out metrics of the trained model (rlft's names): those the trainer logged at its last
+    step when it evaluated there (`key` among them), else a fresh evaluation."""
+    from rlft.tracking import namespaced
+
+    step = trainer.state.global_step
+    last = {
+        k: v for entry in trainer.state.log_history if entry.get("step") == step for k, v in entry.items()
+    }
+    return namespaced(last if key in last else trainer.evaluate())
+
+
 # --- mode: preference -------------------------------------------------------------------------
 
 
@@ -248,7 +260,7 @@ def run_preference(cfg: ContrastiveStage, ctx: StageContext) -> StageResult:
             {f"train/{k}" if "/" not in k else k: logged[-1][k] for k in TRAIN_METRICS if k in logged[-1]}
         )
     if trainer.eval_dataset is not None:
-        held_out = namespaced(trainer.evaluate())
+        held_out = final_evaluation(trainer, "eval_rewards/accuracies")
         metrics.update(
             {k: held_out[k] for k in ("eval/loss", *(f"eval/{k}" for k in TRAIN_METRICS)) if k in held_out}
         )
@@ -316,7 +328,7 @@ def run_representation(cfg: ContrastiveStage, ctx: StageContext) -> StageResult:
         write_embedding_config,
     )
     from rlft.models.tuning import save_model
-    from rlft.tracking import namespaced, trainer_callback
+    from rlft.tracking import trainer_callback
 
     policy, causal = load_start(cfg, ctx)
     tokenizer = policy.tokenizer
@@ -381,7 +393,7 @@ def run_representation(cfg: ContrastiveStage, ctx: StageContext) -> StageResult:
     )
     metrics["train/temperature"] = final_temperature
     if data.eval is not None:
-        held_out = namespaced(trainer.evaluate())
+        held_out = final_evaluation(trainer, "retrieval/accuracy@1")
         metrics.update({k: held_out[k] for k in ("eval/loss", "retrieval/accuracy@1", "retrieval/mrr")})
         ctx.log(
             f"retrieval after training: accuracy@1 {held_out['retrieval/accuracy@1']:.3f}, "
