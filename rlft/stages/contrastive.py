@@ -63,6 +63,10 @@ TRL_LOSS = {"cpo": "sigmoid", "simpo": "simpo"}
 STAGE_KEYS = ("loss_type", "beta", "cpo_alpha", "simpo_gamma", "max_length")
 TRAIN_METRICS = ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "nll_loss")
 CPO_CONFIG = "trl.experimental.cpo.cpo_config:CPOConfig"
+PROMPT_TUNING_REFUSED = (
+    "tuning.method prompt_tuning: in preference mode, TRL's CPOTrainer reads the logits of the virtual tokens "
+    "as the answer's (its logits and labels no longer line up); use prefix_tuning, lora, dora, adapter, freeze or full"
+)
 TRAINING_ARGUMENTS = "transformers.training_args:TrainingArguments"
 
 
@@ -83,7 +87,7 @@ class ContrastiveStage(TrainerStage):
     tuning: TuningConfig = Field(
         default_factory=FullTuning,
         description="which parameters train: method full, freeze, lora, dora, adapter, prompt_tuning or "
-        "prefix_tuning (representation mode: not the prompt methods)",
+        "prefix_tuning (preference mode: not prompt_tuning; representation mode: neither prompt method)",
     )
     trainer: dict[str, Any] = Field(
         {},
@@ -152,6 +156,8 @@ class ContrastiveStage(TrainerStage):
         for key in STAGE_KEYS:
             if key in self.trainer:
                 raise ValueError(f"trainer.{key}: set {key} on the stage itself, not in trainer")
+        if self.mode == "preference" and self.tuning.method == "prompt_tuning":
+            raise ValueError(PROMPT_TUNING_REFUSED)
         if self.mode == "representation":
             from rlft.trainer_fields import config_fields
 
@@ -211,6 +217,11 @@ def make_preference_trainer(
     from trl.experimental.cpo import CPOConfig, CPOTrainer
 
     policy = load_policy(cfg, ctx)
+    peft_config = getattr(policy.model, "active_peft_config", None)
+    if peft_config is not None and peft_config.peft_type.value == "PROMPT_TUNING":  # kept by the start
+        raise ConfigError(
+            f"stages.{cfg.name}.model: the starting model carries a learned prompt; {PROMPT_TUNING_REFUSED}"
+        )
     data = as_explicit_preferences(load_mode_data(cfg, ctx, policy.tokenizer), cfg, ctx)
     n_eval = len(data.eval) if data.eval is not None else 0
     ctx.log(f"data: {len(data.train)} train pairs, {n_eval} eval pairs; no reference model ({cfg.loss_type})")

@@ -121,6 +121,11 @@ def changed(before: Path, after: Path) -> bool:
             {"beta": 0.5},
             "beta is a preference-mode key; this stage has mode: representation",
         ),
+        (
+            "preference",
+            {"tuning": {"method": "prompt_tuning", "num_virtual_tokens": 4}},
+            "CPOTrainer reads the logits of the virtual tokens",
+        ),
         ("representation", {"pooling": "cls"}, "Input should be 'mean' or 'last_token'"),
         ("preference", {"trainer": {"beta": 0.2}}, "trainer.beta: set beta on the stage itself"),
         (
