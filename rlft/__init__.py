@@ -21,6 +21,7 @@ _EXPORTS = {
     "Pipeline": "rlft.api",
     "Run": "rlft.api",
     "load_run": "rlft.api",
+    "embed": "rlft.embeddings",
     "RlftError": "rlft.errors",
     "ConfigError": "rlft.errors",
     "DataError": "rlft.errors",
@@ -32,6 +33,7 @@ _EXPORTS = {
     "PPOStage": "rlft.stages.ppo",
     "GRPOStage": "rlft.stages.grpo",
     "RLOOStage": "rlft.stages.rloo",
+    "ContrastiveStage": "rlft.stages.contrastive",
     "EvaluateStage": "rlft.stages.evaluate",
 }
 

@@ -1,5 +1,9 @@
 """Offline preference losses on sequence log-probabilities: one small function per loss.
 
+The reference-free ones at the end (``cpo``, ``simpo``) are those of ``kind: contrastive`` in
+preference mode, trained on TRL's experimental CPOTrainer; ``tests/test_losses.py`` holds that
+trainer to them the same way.
+
 rlft trains DPO and its variants with TRL's ``DPOTrainer``, which computes these losses inside its
 training step (one long method, not callable on its own). These pure functions say what is
 computed, cite where it comes from, and are the reference the tests hold TRL to:
@@ -111,6 +115,65 @@ def sft(chosen_logps: Tensor, *, chosen_lengths: Tensor) -> Tensor:
     """
     value = -chosen_logps.sum() / chosen_lengths.sum().clamp(min=1)
     return value.expand(chosen_logps.shape[0])
+
+
+def cpo(chosen_logps: Tensor, rejected_logps: Tensor, *, beta: float) -> Tensor:
+    """CPO's preference term: -log σ(β (log π_θ(y_w|x) - log π_θ(y_l|x))) (Xu et al., 2024,
+    "Contrastive Preference Optimization", eq. 3: DPO with the reference taken as uniform, so it
+    cancels). No reference model: the policy's own log-likelihoods are compared.
+    Trained with an NLL term on the chosen answers (``contrastive_preference_loss``), which keeps the
+    policy on the preferred data while the margin grows."""
+    return -F.logsigmoid(beta * (chosen_logps - rejected_logps))
+
+
+def simpo(
+    chosen_logps: Tensor,
+    rejected_logps: Tensor,
+    *,
+    beta: float,
+    gamma: float,
+    chosen_lengths: Tensor,
+    rejected_lengths: Tensor,
+) -> Tensor:
+    """SimPO: -log σ(β/|y_w| log π_θ(y_w|x) - β/|y_l| log π_θ(y_l|x) - γ) (Meng et al., 2024,
+    "SimPO: Simple Preference Optimization with a Reference-Free Reward", eq. 6). The implicit reward
+    is the per-token mean log-likelihood (the quantity generation ranks by), and γ is a target
+    reward margin: pairs count as separated once the chosen answer leads by γ/β nats per token."""
+    chosen = chosen_logps / chosen_lengths.clamp(min=1)
+    rejected = rejected_logps / rejected_lengths.clamp(min=1)
+    return -F.logsigmoid(beta * (chosen - rejected) - gamma)
+
+
+def contrastive_preference_loss(
+    loss_type: str,
+    *,
+    chosen_logps: Tensor,
+    rejected_logps: Tensor,
+    chosen_lengths: Tensor,
+    rejected_lengths: Tensor,
+    beta: float,
+    cpo_alpha: float,
+    simpo_gamma: float = 0.0,
+) -> Tensor:
+    """The reference-free loss of `kind: contrastive, mode: preference`, a scalar:
+    mean_B cpo (or simpo) + cpo_alpha · NLL of the chosen answers (``sft``: a token mean over the batch).
+
+    ``cpo_alpha`` 1 with ``cpo`` is CPO as published; ``simpo`` with ``cpo_alpha`` 0 is SimPO as
+    published (with it above 0: CPO-SimPO, the combination TRL's CPOTrainer names so).
+    """
+    if loss_type == "cpo":
+        pairwise = cpo(chosen_logps, rejected_logps, beta=beta)
+    else:
+        pairwise = simpo(
+            chosen_logps,
+            rejected_logps,
+            beta=beta,
+            gamma=simpo_gamma,
+            chosen_lengths=chosen_lengths,
+            rejected_lengths=rejected_lengths,
+        )
+    nll = sft(chosen_logps, chosen_lengths=chosen_lengths)[0]
+    return pairwise.mean() + cpo_alpha * nll
 
 
 # rlft's loss names (the names TRL's DPOConfig.loss_type uses too) -> the function above.

@@ -212,3 +212,139 @@ def test_cdpo_mapping_is_exact_and_explicit():
         "label_smoothing": 1.0,
     }
     assert dpo.trl_losses(["robust"], None, 0.2)["label_smoothing"] == 0.2  # rDPO reads ε itself
+
+
+# --- reference-free: CPO and SimPO (kind: contrastive, mode: preference) -------------------------
+
+CHOSEN_LOGPS = torch.tensor([-2.0, -6.0])
+REJECTED_LOGPS = torch.tensor([-5.0, -3.0])
+
+
+def test_cpo_is_a_sigmoid_on_the_policy_log_likelihood_margin():
+    got = losses.cpo(CHOSEN_LOGPS, REJECTED_LOGPS, beta=0.5)
+    # margins 3 and -3: -log σ(1.5) = log(1 + e^-1.5), -log σ(-1.5) = log(1 + e^1.5)
+    assert got.tolist() == pytest.approx([softplus(-1.5), softplus(1.5)], abs=1e-6)
+    # no reference: equal likelihoods give log 2 whatever they are
+    assert losses.cpo(torch.tensor([-7.0]), torch.tensor([-7.0]), beta=3.0).item() == pytest.approx(
+        math.log(2)
+    )
+
+
+def test_simpo_compares_per_token_means_against_a_target_margin():
+    got = losses.simpo(
+        CHOSEN_LOGPS,
+        REJECTED_LOGPS,
+        beta=2.0,
+        gamma=0.5,
+        chosen_lengths=CHOSEN_LEN,
+        rejected_lengths=REJECTED_LEN,
+    )
+    # per-token means: -2/2 = -1 vs -5/4 = -1.25; -6/5 = -1.2 vs -3/5 = -0.6
+    # -log σ(β (mean_w - mean_l) - γ): β·0.25 - 0.5 = 0 and β·(-0.6) - 0.5 = -1.7
+    assert got.tolist() == pytest.approx([math.log(2), softplus(1.7)], abs=1e-6)
+
+
+def test_contrastive_preference_loss_adds_the_nll_of_the_chosen_answers():
+    common = dict(
+        chosen_logps=CHOSEN_LOGPS,
+        rejected_logps=REJECTED_LOGPS,
+        chosen_lengths=CHOSEN_LEN,
+        rejected_lengths=REJECTED_LEN,
+        beta=0.5,
+    )
+    nll = (2.0 + 6.0) / (2 + 5)  # token mean over the batch's chosen answers
+    cpo = losses.contrastive_preference_loss("cpo", cpo_alpha=0.3, **common)
+    assert cpo.item() == pytest.approx((softplus(-1.5) + softplus(1.5)) / 2 + 0.3 * nll, abs=1e-6)
+    simpo = losses.contrastive_preference_loss("simpo", cpo_alpha=0.0, simpo_gamma=0.5, **common)
+    pairwise = losses.simpo(
+        CHOSEN_LOGPS,
+        REJECTED_LOGPS,
+        beta=0.5,
+        gamma=0.5,
+        chosen_lengths=CHOSEN_LEN,
+        rejected_lengths=REJECTED_LEN,
+    )
+    assert simpo.item() == pytest.approx(pairwise.mean().item(), abs=1e-6)  # SimPO as published: no NLL
+
+
+class FixedTokenLogps(torch.nn.Module):
+    """Stands in for a causal LM: logits under which every next token of row b has log-prob `logps[b]`.
+
+    CPOTrainer runs the model on chosen rows then rejected rows (2B, T) and reads log-softmax at each
+    next token; one logit x at that token and zeros elsewhere give log-prob x - log(e^x + V - 1) = l
+    for x = log(e^l (V - 1) / (1 - e^l)). A row's sequence log-prob is then l x its answer tokens.
+    """
+
+    def __init__(self, logps, vocab):
+        super().__init__()
+        self.logps, self.vocab = torch.tensor(logps), vocab
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # the trainer wants a parameter and a device
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        rows, tokens = input_ids.shape
+        p = self.logps.exp().unsqueeze(1)  # (2B, 1)
+        x = torch.log(p * (self.vocab - 1) / (1 - p)).expand(rows, tokens - 1)  # (2B, T-1)
+        logits = torch.zeros(rows, tokens, self.vocab)
+        logits[:, :-1].scatter_(2, input_ids[:, 1:].unsqueeze(2), x.unsqueeze(2))  # predicts token t+1 at t
+        return SimpleNamespace(logits=logits + 0 * self.anchor)
+
+
+TOKEN_LOGPS = [-0.2, -0.9, -0.7, -0.3]  # per-token log-prob of: chosen (2 pairs), then rejected
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"loss_type": "cpo", "beta": 0.1, "cpo_alpha": 1.0},
+        {"loss_type": "cpo", "beta": 0.5, "cpo_alpha": 0.0},
+        {"loss_type": "simpo", "beta": 2.0, "cpo_alpha": 0.0, "simpo_gamma": 0.5},
+        {"loss_type": "simpo", "beta": 2.5, "cpo_alpha": 0.2, "simpo_gamma": 1.0},
+    ],
+)
+def test_trl_cpo_loss_matches_rlft_formula(tmp_path, trl_trainer, settings):
+    """TRL's experimental CPOTrainer, set up by the contrastive stage from its keys, computes rlft's formula."""
+    from rlft.stages import contrastive
+
+    model_dir = trl_trainer.model.name_or_path
+    cfg = contrastive.ContrastiveStage.model_validate(
+        {
+            "name": "cpo",
+            "kind": "contrastive",
+            "mode": "preference",
+            "model": {"path": model_dir},
+            "data": {"train": str(QUICKSTART_DATA / "prefs_train.jsonl"), "max_rows": 8},
+            "max_length": 64,
+            "trainer": {"max_steps": 1},
+            **settings,
+        }
+    )
+    work = tmp_path / "work"
+    ctx = StageContext(
+        pipeline="t",
+        run_dir=tmp_path,
+        work_dir=work,
+        artifact_dir=work / "artifact",
+        base_dir=tmp_path,
+        model_paths={},
+        tracker=Tracker(work / "metrics.jsonl"),
+    )
+    trainer, _ = contrastive.make_preference_trainer(cfg, ctx)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    vocab = len(trainer.processing_class)
+    trl_loss = trainer.compute_loss(FixedTokenLogps(TOKEN_LOGPS, vocab), batch).item()
+
+    per_token = torch.tensor(TOKEN_LOGPS)
+    lengths = torch.cat(
+        [(batch[f"{k}_labels"][:, 1:] != -100).sum(1) for k in ("chosen", "rejected")]
+    ).float()  # (2B,) answer tokens
+    expected = losses.contrastive_preference_loss(
+        settings["loss_type"],
+        chosen_logps=per_token[:2] * lengths[:2],
+        rejected_logps=per_token[2:] * lengths[2:],
+        chosen_lengths=lengths[:2],
+        rejected_lengths=lengths[2:],
+        beta=settings["beta"],
+        cpo_alpha=settings["cpo_alpha"],
+        simpo_gamma=settings.get("simpo_gamma", 0.0),
+    ).item()
+    assert trl_loss == pytest.approx(expected, abs=1e-4)

@@ -14,6 +14,7 @@ CLASSES = [
     "trl.trainer.kto_config:KTOConfig",
     "trl.trainer.grpo_config:GRPOConfig",
     "trl.trainer.rloo_config:RLOOConfig",
+    "trl.experimental.cpo.cpo_config:CPOConfig",
     "transformers.training_args:TrainingArguments",
 ]
 

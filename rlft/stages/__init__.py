@@ -19,6 +19,7 @@ STAGES: dict[str, str] = {
     "ppo": "rlft.stages.ppo:PPOStage",
     "grpo": "rlft.stages.grpo:GRPOStage",
     "rloo": "rlft.stages.rloo:RLOOStage",
+    "contrastive": "rlft.stages.contrastive:ContrastiveStage",
     "evaluate": "rlft.stages.evaluate:EvaluateStage",
 }
 
