@@ -183,6 +183,25 @@ def load_causal_lm(
     return _with_kept_adapter(model, resolved, auto_class=auto_class, log=log)
 
 
+def is_causal_lm(resolved: Any) -> bool:
+    """A causal LM unless its config names another architecture (BertModel, ...); GGUF files and
+    adapter folders are causal LMs (rlft merges an adapter into its causal base)."""
+    folder = Path(resolved.name_or_path)
+    if resolved.gguf_file or (
+        (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file()
+    ):
+        return True
+    from transformers import AutoConfig
+
+    try:
+        architectures = (
+            AutoConfig.from_pretrained(resolved.name_or_path, **resolved.kwargs).architectures or []
+        )
+    except OSError:  # no config to read: loading it as a causal LM says what is wrong
+        return True
+    return not architectures or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+
+
 def load_reference(
     resolved: ResolvedModel, *, dtype: str = "float32", tokenizer: Any = None, **extra: Any
 ) -> Any:

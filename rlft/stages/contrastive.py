@@ -287,7 +287,7 @@ def run_preference(cfg: ContrastiveStage, ctx: StageContext) -> StageResult:
 
 def load_start(cfg: ContrastiveStage, ctx: StageContext) -> tuple[Policy, bool]:
     """The starting model, tuned, and whether it is a causal LM (else an encoder, loaded with AutoModel)."""
-    from rlft.models.loading import load_causal_lm, load_tokenizer, resolve_source
+    from rlft.models.loading import is_causal_lm, load_causal_lm, load_tokenizer, resolve_source
     from rlft.models.tuning import apply_tuning, count_parameters, describe_parameters, gradual_unfreezing
 
     resolved = resolve_source(
@@ -298,7 +298,7 @@ def load_start(cfg: ContrastiveStage, ctx: StageContext) -> tuple[Policy, bool]:
         if policy.info.get("start_keeps_prompt"):
             raise ConfigError(
                 f"stages.{cfg.name}.model: {resolved.description} keeps a learned prompt (prompt/prefix tuning), "
-                "which representation mode cannot pool; export it merged-free (rlft export) or start from its base"
+                "which representation mode cannot pool (its virtual tokens are not the text's); start from a model without one"
             )
         return policy, True
     ctx.log(f"model: {resolved.description} (an encoder: AutoModel)")
@@ -311,19 +311,6 @@ def load_start(cfg: ContrastiveStage, ctx: StageContext) -> tuple[Policy, bool]:
     ctx.log(describe_parameters(cfg.tuning, params))
     info = {"parameters": params, "tokenizer_fixups": fixups, "model": resolved.description}
     return Policy(model, model, tokenizer, gradual_unfreezing(model, cfg.tuning, log=ctx.log), info), False
-
-
-def is_causal_lm(resolved: Any) -> bool:
-    """A causal LM unless its config names another architecture (BertModel, ...); GGUF files and
-    adapter folders are causal LMs (rlft merges an adapter into its causal base)."""
-    from rlft.reference import is_adapter_folder
-
-    if resolved.gguf_file or is_adapter_folder(resolved.name_or_path):
-        return True
-    from transformers import AutoConfig
-
-    architectures = AutoConfig.from_pretrained(resolved.name_or_path, **resolved.kwargs).architectures or []
-    return not architectures or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
 
 
 def run_representation(cfg: ContrastiveStage, ctx: StageContext) -> StageResult:
@@ -375,10 +362,8 @@ def run_representation(cfg: ContrastiveStage, ctx: StageContext) -> StageResult:
     else:
         ctx.log("no eval rows (data.eval or data.eval_fraction): retrieval is not measured")
 
-    defaults = {
-        "remove_unused_columns": False,
-        "dataloader_drop_last": True,
-    }  # full batches: B-1 negatives each
+    # the collator reads the text columns; full batches give every anchor B-1 in-batch negatives
+    defaults = {"remove_unused_columns": False, "dataloader_drop_last": True}
     args = build_trainer_args(TrainingArguments, cfg, ctx, has_eval=data.eval is not None, defaults=defaults)
     trainer = contrastive_trainer(
         symmetric=cfg.symmetric,
@@ -414,9 +399,8 @@ def run_representation(cfg: ContrastiveStage, ctx: StageContext) -> StageResult:
 
     info = {**policy.info, "data": data.report, "backbone": "causal_lm" if causal else "encoder"}
     rank = rank_summary(trainer)  # before saving: merging LoRA changes the weights in place
-    model = gathered_submodule(
-        trainer.accelerator, trainer.model_wrapped, "model"
-    )  # whole, main process only
+    # the model inside the Embedder, whole on the main process (gathered under ZeRO-3/FSDP), None elsewhere
+    model = gathered_submodule(trainer.accelerator, trainer.model_wrapped, "model")
     if model is not None:
         if causal:
             save_policy(

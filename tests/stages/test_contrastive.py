@@ -456,3 +456,34 @@ def test_contrastive_example_matches_dpo_without_a_reference(tmp_path):
     assert "[rlft] reference log-probs of train" in (run_dir / "dpo" / "stage.log").read_text()
     cpo_log = (run_dir / "cpo" / "stage.log").read_text()
     assert "no reference model" in cpo_log and "[rlft] reference" not in cpo_log
+
+
+@pytest.mark.slow
+def test_a_reward_stage_starts_from_the_embeddings(tmp_path):
+    """The issue's use: representation learning before the reward model, which starts `{from: embed}`."""
+    (tmp_path / "p.yaml").write_text(
+        textwrap.dedent(
+            f"""
+            name: chain
+            model:
+              tiny: {{hidden_size: 32, num_layers: 2, num_heads: 2, tokenizer_texts: [{PARAPHRASE}/train.jsonl, {QUICKSTART_DATA}/prefs_train.jsonl]}}
+            stages:
+              - name: embed
+                kind: contrastive
+                mode: representation
+                data: {{train: {PARAPHRASE}/train.jsonl, max_rows: 64}}
+                max_length: 32
+                trainer: {{max_steps: 2, per_device_train_batch_size: 16}}
+              - name: reward
+                kind: reward
+                model: {{from: embed}}
+                data: {{train: {QUICKSTART_DATA}/prefs_train.jsonl, max_rows: 32}}
+                trainer: {{max_steps: 2, per_device_train_batch_size: 8, max_length: 64}}
+            """
+        )
+    )
+    run_dir = tmp_path / "run"
+    run_pipeline(load_pipeline(tmp_path / "p.yaml"), run_dir=run_dir)
+    embed, reward = (json.loads((run_dir / s / "stage.json").read_text()) for s in ("embed", "reward"))
+    assert reward["status"] == "done" and reward["inputs"]["model"] == embed["artifact_hash"]
+    assert "model: stage 'embed'" in (run_dir / "reward" / "stage.log").read_text()
