@@ -44,6 +44,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "rlft.rl.",
             "rlft.rewards",
             "rlft.losses",
+            "rlft.multitask",
             "rlft.evaluation",
             "rlft.tasks",
             "rlft.tasks.",
