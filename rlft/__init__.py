@@ -32,6 +32,7 @@ _EXPORTS = {
     "PPOStage": "rlft.stages.ppo",
     "GRPOStage": "rlft.stages.grpo",
     "RLOOStage": "rlft.stages.rloo",
+    "MultitaskStage": "rlft.stages.multitask",
     "EvaluateStage": "rlft.stages.evaluate",
 }
 

@@ -19,6 +19,7 @@ STAGES: dict[str, str] = {
     "ppo": "rlft.stages.ppo:PPOStage",
     "grpo": "rlft.stages.grpo:GRPOStage",
     "rloo": "rlft.stages.rloo:RLOOStage",
+    "multitask": "rlft.stages.multitask:MultitaskStage",
     "evaluate": "rlft.stages.evaluate:EvaluateStage",
 }
 
