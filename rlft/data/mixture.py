@@ -57,7 +57,9 @@ class TaskSampler:
     `shares`: each task's share (sums to 1); `sizes`: each task's number of rows. A draw takes a
     global batch of `batch_size * world_size` rows of the drawn task, in the order of a seeded
     permutation of its rows (a new one each epoch of that task; a batch that runs past the end
-    continues in the next epoch's), and returns this process's slice of it.
+    continues in the next epoch's), and returns this process's slice of it. A task's row order is
+    seeded by its name (`names`; default: its index), so a task of the same name and size goes
+    through its rows in the same order in any mixture: alone, or with other tasks.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class TaskSampler:
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        names: Sequence[str] | None = None,
     ) -> None:
         if len(shares) != len(sizes):
             raise ValueError(f"{len(shares)} shares for {len(sizes)} tasks")
@@ -79,7 +82,10 @@ class TaskSampler:
             raise ValueError(f"task {empty[0]} has a share above 0 but no rows")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in a world of {world_size}")
+        if names is not None and len(names) != len(shares):
+            raise ValueError(f"{len(names)} names for {len(shares)} tasks")
         self.shares, self.sizes = list(shares), list(sizes)
+        self.names = [str(i) for i in range(len(shares))] if names is None else list(names)
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.draws = 0  # micro-batches drawn so far
         self.counts = [0] * len(shares)  # of them, per task
@@ -122,7 +128,7 @@ class TaskSampler:
     def _order(self, task: int, epoch: int) -> list[int]:
         if (task, epoch) not in self._orders:
             order = list(range(self.sizes[task]))
-            random.Random(f"rows/{self.seed}/{task}/{epoch}").shuffle(order)
+            random.Random(f"rows/{self.seed}/{self.names[task]}/{epoch}").shuffle(order)
             self._orders = {k: v for k, v in self._orders.items() if k[0] != task}  # one epoch per task
             self._orders[task, epoch] = order
         return self._orders[task, epoch]

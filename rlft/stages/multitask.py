@@ -467,8 +467,14 @@ def run(cfg: MultitaskStage, ctx: StageContext) -> StageResult:
             else " (the policy before its first step)"
         )
         ctx.log(f"reference: {info['reference']}; its log-probs of every pair computed once")
-    sampler = TaskSampler(
-        shares, sizes, batch_size=cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world
+    sampler = TaskSampler(  # a task's rows in an order seeded by its name: the same alone or mixed
+        shares,
+        sizes,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        rank=rank,
+        world_size=world,
+        names=[t.name for t in tasks],
     )
     set_seed(cfg.seed)
     start, losses, local_losses = 0, [], []

@@ -94,3 +94,10 @@ def test_a_task_at_share_zero_is_never_drawn_and_bad_input_is_refused():
         TaskSampler([0.5, 0.5], [4, 0], batch_size=2, seed=0)
     with pytest.raises(ValueError, match="shares must sum to 1"):
         TaskSampler([0.5, 0.4], [4, 4], batch_size=2, seed=0)
+
+
+def test_a_named_task_goes_through_its_rows_in_the_same_order_in_any_mixture():
+    mixed = TaskSampler([0.5, 0.5], [20, 30], batch_size=4, seed=2, names=["upper", "reverse"])
+    alone = TaskSampler([1.0], [30], batch_size=4, seed=2, names=["reverse"])
+    in_mix = [rows for task, rows in (mixed.next() for _ in range(30)) if task == 1]
+    assert in_mix == [alone.next()[1] for _ in range(len(in_mix))]
