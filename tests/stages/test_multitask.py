@@ -111,7 +111,7 @@ def test_sft_and_dpo_tasks_train_together_with_per_task_metrics(tmp_path, tiny_m
     assert [s for s, _ in logged(ctx, "task/prefs/accuracy")] == [20, 40]
     assert not logged(ctx, "task/prefs/reward")
     upper = [v for _, v in logged(ctx, "task/upper/train_loss")]
-    assert upper[-1] < 0.8 * upper[0], upper  # it learns
+    assert upper[-1] < 0.9 * upper[0], upper  # it learns
 
     metrics = result.metrics
     counts = {row["task"]: row["micro_batches"] for row in result.info["tasks"]}

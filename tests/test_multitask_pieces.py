@@ -1,4 +1,5 @@
-"""rlft.multitask: a task's prompts, rows to token ids, batches, and the losses against hand computations."""
+"""rlft.multitask (its test is named apart from tests/stages/test_multitask.py: pytest needs distinct basenames):
+a task's prompts, rows to token ids, batches, and the losses against hand computations."""
 
 import math
 
