@@ -1,5 +1,8 @@
 """rlft's shipped tasks: how a prompt and its right answer are written, and their verifiable rewards.
 
+Tasks: the quickstart's ``uppercase_copy`` (`shout: b q x k` -> `B Q X K`) and the multitask
+example's ``reverse_copy`` (`reverse: b q x k` -> `k x q b`).
+
 The definition of a task is here, once: rlft.tasks (which writes the task's data files) writes
 prompts and answers with these functions, and the reward reads them back with the same ones.
 
@@ -45,15 +48,51 @@ def uppercase_copy(prompts: list[Any], completions: list[Any], **fields: Any) ->
     template; the last ``shout:`` line in it is used. A prompt without one scores 0.0.
     Extra ``fields`` (such as ``answer``) are accepted and ignored: the prompt holds the answer.
     """
+    return _letters_task(prompts, completions, pattern=_SHOUT, answer=shout_answer, name="uppercase_copy")
+
+
+# --- the multitask example's second task: copy a list of letters in reverse order (`reverse: b q x k` -> `k x q b`) ---
+
+REVERSE = "reverse:"
+
+
+def reverse_prompt(letters: list[str]) -> str:
+    """The user's request: `reverse: b q x k`."""
+    return f"{REVERSE} {' '.join(letters)}"
+
+
+def reverse_answer(letters: list[str]) -> str:
+    """The one right answer: `k x q b` (the letters last to first, still lower case)."""
+    return " ".join(reversed(letters))
+
+
+_REVERSE = re.compile(rf"{re.escape(REVERSE)}((?:[ \t]+[a-z])+)[ \t]*(?=$|<)", re.MULTILINE)
+
+
+def reverse_copy(prompts: list[Any], completions: list[Any], **fields: Any) -> list[float]:
+    """The multitask example's second task: ``reverse: b q x k`` must be answered exactly ``k x q b``.
+
+    Reward 1.0 for the letters in reverse order, lower case, separated by single spaces (leading
+    and trailing whitespace ignored), else 0.0: a forward copy, an upper-case one, a dropped or
+    extra letter all score 0.0. Prompts and completions are read as ``uppercase_copy`` reads them
+    (the last ``reverse:`` line of the prompt); a prompt without one scores 0.0.
+    """
+    return _letters_task(prompts, completions, pattern=_REVERSE, answer=reverse_answer, name="reverse_copy")
+
+
+def _letters_task(
+    prompts: list[Any], completions: list[Any], *, pattern: re.Pattern, answer: Any, name: str
+) -> list[float]:
+    """1.0 where the completion is exactly `answer(letters)` of the prompt's last `pattern` match, else 0.0."""
     if len(prompts) != len(completions):
-        raise ValueError(f"uppercase_copy: {len(prompts)} prompts but {len(completions)} completions")
+        raise ValueError(f"{name}: {len(prompts)} prompts but {len(completions)} completions")
     rewards = []
     for prompt, completion in zip(prompts, completions, strict=True):
-        matches = _SHOUT.findall(_text(prompt, "user"))
+        matches = pattern.findall(_text(prompt, "user"))
         if not matches:
             rewards.append(0.0)
             continue
-        expected = shout_answer(matches[-1].split())
+        expected = answer(matches[-1].split())
         rewards.append(1.0 if _text(completion, "assistant").strip() == expected else 0.0)
     return rewards
 

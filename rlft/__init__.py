@@ -34,6 +34,7 @@ _EXPORTS = {
     "GRPOStage": "rlft.stages.grpo",
     "RLOOStage": "rlft.stages.rloo",
     "ContrastiveStage": "rlft.stages.contrastive",
+    "MultitaskStage": "rlft.stages.multitask",
     "EvaluateStage": "rlft.stages.evaluate",
 }
 

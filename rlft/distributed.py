@@ -72,6 +72,22 @@ def gathered_submodule(accelerator: Any, wrapped: Any, name: str) -> Any:
     return _whole_copy(module, {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
 
 
+def gathered_prepared(accelerator: Any, wrapped: Any) -> Any:
+    """`gathered_model` for a model prepared with accelerate directly (rlft's own loops): the model,
+    whole on the main process, None on the others. Every process must call it."""
+    from accelerate.utils import DistributedType
+
+    acc = accelerator
+    model = acc.unwrap_model(wrapped)
+    zero3 = acc.distributed_type == DistributedType.DEEPSPEED and acc.state.deepspeed_plugin.zero_stage == 3
+    if not (zero3 or acc.distributed_type == DistributedType.FSDP):
+        return model if acc.is_main_process else None
+    state = acc.get_state_dict(wrapped)  # collective: the whole weights on the main process
+    if not acc.is_main_process:
+        return None
+    return _whole_copy(model, state)
+
+
 def _whole_copy(model: Any, state: dict[str, Any]) -> Any:
     """A fresh, unpartitioned copy of `model`'s architecture (and peft adapter) holding `state`."""
     from peft import PeftModel, get_peft_model

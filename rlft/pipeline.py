@@ -398,11 +398,10 @@ def stage_fingerprint(
             )
         elif isinstance(value, RewardSpec):  # `reward:` of PPO/GRPO/RLOO: reward artifacts and files
             inputs[key] = _reward_inputs(value, artifact_hashes=artifact_hashes, base_dir=pipeline.base_dir)
-    data = getattr(stage, "data", None)
-    if data is not None:
-        inputs["data"] = {
-            p: hash_path(Path(p)) for p in _local_paths(data.model_dump(mode="json"), pipeline.base_dir)
-        }
+    sections = stage.data_sections()
+    if sections:
+        read = [d.model_dump(mode="json") for d in sections.values()] + list(stage.input_files().values())
+        inputs["data"] = {p: hash_path(Path(p)) for p in _local_paths(read, pipeline.base_dir)}
     if evaluates:
         inputs["evaluate"] = {
             p: hash_path(Path(p))

@@ -166,13 +166,18 @@ def check_files(pipeline: PipelineSpec) -> None:
     from rlft.errors import DataError
 
     for i, stage in enumerate(pipeline.stages):
-        data = getattr(stage, "data", None)
-        for split in ("train", "eval") if data is not None else ():
-            for source in as_sources(getattr(data, split)):
-                try:
-                    resolve_source(source, key=f"stages[{i}].data.{split}", base_dir=pipeline.base_dir)
-                except DataError as e:
-                    raise ConfigError(f"{pipeline.label}: {e}") from None
+        for key, data in stage.data_sections().items():
+            for split in ("train", "eval"):
+                for source in as_sources(getattr(data, split)):
+                    try:
+                        resolve_source(source, key=f"stages[{i}].{key}.{split}", base_dir=pipeline.base_dir)
+                    except DataError as e:
+                        raise ConfigError(f"{pipeline.label}: {e}") from None
+        for key, value in stage.input_files().items():
+            p = Path(value).expanduser()
+            p = p if p.is_absolute() else pipeline.base_dir / p
+            if not p.is_file():
+                raise ConfigError(f"{pipeline.label}: stages[{i}].{key}: {p} does not exist")
     for i, stage in enumerate(pipeline.stages):
         if stage.launch is not None:
             try:

@@ -45,6 +45,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "rlft.rewards",
             "rlft.losses",
             "rlft.embeddings",
+            "rlft.multitask",
             "rlft.evaluation",
             "rlft.comparisons",
             "rlft.tasks",

@@ -20,6 +20,7 @@ STAGES: dict[str, str] = {
     "grpo": "rlft.stages.grpo:GRPOStage",
     "rloo": "rlft.stages.rloo:RLOOStage",
     "contrastive": "rlft.stages.contrastive:ContrastiveStage",
+    "multitask": "rlft.stages.multitask:MultitaskStage",
     "evaluate": "rlft.stages.evaluate:EvaluateStage",
 }
 

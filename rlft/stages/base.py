@@ -55,6 +55,18 @@ class StageBase(Strict):
                 refs.append((key, value.from_))
         return refs
 
+    def data_sections(self) -> dict[str, Any]:
+        """Every `data:` section of the stage (a rlft.data.DataConfig) by its key path: `{"data": ...}`
+        for a stage with one, more for a stage with several (a multitask stage's `tasks[0].data`, ...).
+        The pipeline checks that their files exist before the run and hashes them into its inputs."""
+        data = getattr(self, "data", None)
+        return {"data": data} if data is not None else {}
+
+    def input_files(self) -> dict[str, str]:
+        """Other files the stage reads (eval prompts, `file.py` rewards), by key path: checked to
+        exist before the run and hashed into the stage's inputs with its data. Most kinds have none."""
+        return {}
+
     def hashed_config(self) -> dict[str, Any]:
         """The part of the config that decides the stage's result (what skipping compares)."""
         return self.model_dump(mode="json", by_alias=True, exclude={"launch"})

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from reward_models.tasks import uppercase_copy
+from reward_models.tasks import reverse_copy, uppercase_copy
 
 PROMPT = "shout: b q x k"
 
@@ -63,3 +63,28 @@ def test_imports_nothing_from_rlft():
         ).stdout.strip()
         == "False"
     )
+
+
+@pytest.mark.parametrize(
+    ("completion", "reward"),
+    [
+        ("k x q b", 1.0),
+        (" k x q b\n", 1.0),  # surrounding whitespace is ignored
+        ("b q x k", 0.0),  # a forward copy
+        ("K X Q B", 0.0),  # the other task's case
+        ("k x q", 0.0),  # dropped letter
+        ("k  x q b", 0.0),
+        ("", 0.0),
+    ],
+)
+def test_reverse_copy(completion, reward):
+    assert reverse_copy(["reverse: b q x k"], [completion]) == [reward]
+
+
+def test_reverse_copy_reads_conversations_and_ignores_the_other_task():
+    prompt = [{"role": "user", "content": "reverse: a b c"}]
+    assert reverse_copy([prompt], [[{"role": "assistant", "content": "c b a"}]]) == [1.0]
+    assert reverse_copy(["shout: a b c"], ["c b a"]) == [0.0]  # not this task's prompt
+    assert uppercase_copy(["reverse: a b c"], ["A B C"]) == [0.0]
+    with pytest.raises(ValueError, match="reverse_copy: 2 prompts but 1 completions"):
+        reverse_copy(["reverse: a", "reverse: b"], ["a"])
