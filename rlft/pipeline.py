@@ -515,6 +515,18 @@ def write_summary(run_dir: Path, outcomes: list[StageOutcome]) -> None:
     write_json_atomic(run_dir / "summary.json", summary_entries(outcomes))
 
 
+def _task_reward_cell(entry: dict[str, Any]) -> str:
+    """The stage's task reward, or a multitask stage's reward per task (`upper 1.000, reverse 0.995`)."""
+    if entry["task_reward"] is not None:
+        return f"{entry['task_reward']:.3f}"
+    per_task = [
+        f"{key.split('/')[1]} {value:.3f}"
+        for key, value in entry.items()
+        if key.startswith("task/") and key.endswith("/reward") and isinstance(value, float)
+    ]
+    return ", ".join(per_task) or "-"
+
+
 def print_summary(console: Any, outcomes: list[StageOutcome], run_dir: Path) -> None:
     from rich.table import Table
 
@@ -532,7 +544,7 @@ def print_summary(console: Any, outcomes: list[StageOutcome], run_dir: Path) -> 
             e["kind"],
             f"[{colors.get(status, 'dim')}]{status}[/]",
             f"{e['seconds']:.1f}" if e["seconds"] is not None else "-",
-            f"{e['task_reward']:.3f}" if e["task_reward"] is not None else "-",
+            _task_reward_cell(e),
             *(f"{e[k]:.4f}" if isinstance(e.get(k), float) else "-" for k in extra),
         )
     console.print(table)

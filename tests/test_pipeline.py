@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -278,3 +279,25 @@ def test_tuning_methods_keep_two_ddp_processes_in_step(tmp_path, write_pipeline,
     ranks = [json.loads((run_dir / "sft" / "ranks" / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["losses"] == ranks[1]["losses"] and len(ranks[0]["losses"]) == 5
     assert ranks[0]["param_checksum"] == ranks[1]["param_checksum"]  # the same weights on both ranks
+
+
+def test_the_summary_table_shows_a_multitask_stages_reward_per_task():
+    import io
+
+    from rich.console import Console
+
+    from rlft.pipeline import StageOutcome, print_summary
+
+    metrics = {"task/upper/reward": 1.0, "task/reverse/reward": 0.995, "task/upper/share": 0.5}
+    outcomes = [
+        StageOutcome(
+            name="joint", kind="multitask", status="ran", record={"seconds": 2.0, "metrics": metrics}
+        ),
+        StageOutcome(
+            name="sft", kind="sft", status="ran", record={"seconds": 1.0, "metrics": {"task_reward": 0.5}}
+        ),
+    ]
+    out = io.StringIO()
+    print_summary(Console(file=out, width=200), outcomes, Path("runs/x"))
+    rows = {line.split("│")[1].strip(): line for line in out.getvalue().splitlines() if line.count("│") > 3}
+    assert "upper 1.000, reverse 0.995" in rows["joint"] and "0.500" in rows["sft"]
