@@ -33,6 +33,9 @@ def test_run_writes_artifacts_then_skips_then_reruns_on_change(tmp_path, write_p
     assert all(len(h) == 64 for h in record["inputs"]["data"].values())  # sha256 of each data file
     assert {"torch", "transformers", "trl"} <= record["versions"].keys()
     assert record["seconds"] > 0 and record["info"]["parameters"]["trainable"] > 0
+    given = record["info"]["trainer_settings"]  # what rlft gave SFTConfig: its merge, the stage's keys last
+    assert given["max_steps"] == record["config"]["trainer"]["max_steps"] and given["use_cpu"] is True
+    assert "output_dir" not in given
     for name in ("config.json", "model.safetensors", "tokenizer.json", "metrics.jsonl", "stage.log"):
         assert (run_dir / "sft" / name).exists(), name
     assert not (run_dir / ".work" / "sft").exists()  # work folder removed once the artifact is in place

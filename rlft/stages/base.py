@@ -121,6 +121,9 @@ class StageContext:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     resume_from: str | None = None  # last trainer checkpoint of a run of this stage that died
     tracker: Tracker | None = None  # metrics.jsonl (+ W&B, TensorBoard)
+    # what a TRL stage gave its trainer config (rlft's merge, before the config's own defaults):
+    # kept in stage.json (info.trainer_settings), so a plain TRL script can be given the same
+    trainer_settings: dict[str, Any] | None = None
 
     @property
     def checkpoint_dir(self) -> Path:

@@ -58,6 +58,7 @@ def build_trainer_args(
     }
     args = {**cfg.trainer_settings(runtime=runtime, defaults=defaults), "output_dir": str(ctx.checkpoint_dir)}
     logger.debug(f"{config_class.__name__} settings from rlft and the stage: {args}")
+    ctx.trainer_settings = {k: v for k, v in args.items() if k != "output_dir"}
     try:
         return config_class(**args)
     except (TypeError, ValueError) as e:

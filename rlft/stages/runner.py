@@ -8,6 +8,7 @@ with one rename. Exit codes: 0 done, 2 bad input (message printed), 1 anything e
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -104,6 +105,8 @@ def _run(work: Path) -> int:
 
     seconds = time.time() - start
     result.info["peak_memory"] = peak_memory()
+    if ctx.trainer_settings is not None:
+        result.info["trainer_settings"] = json.loads(json.dumps(ctx.trainer_settings, default=str))
     ctx.log(describe_peak_memory(result.info["peak_memory"]))
     ctx.tracker.finish(result.metrics, model_dir=ctx.artifact_dir if result.has_model else None)
     rank = process_rank()
