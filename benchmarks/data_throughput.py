@@ -58,6 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=100_000, help="rows of synthetic data (default 100000)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the data and the curation")
+    parser.add_argument("--json", type=Path, help="also write the timings here (benchmarks/run.py)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="rlft-bench-") as tmp:
@@ -134,6 +135,10 @@ def main() -> None:
     print(f"\n{'what':<{width}}  {'rows':>9}  {'seconds':>8}  {'rows/s':>9}  note")
     for what, rows, seconds, note in timings:
         print(f"{what:<{width}}  {rows:>9,}  {seconds:>8.2f}  {rows / seconds:>9,.0f}  {note}")
+    if args.json:
+        args.json.write_text(
+            json.dumps([{"what": w.strip(), "rows": r, "seconds": s, "note": n} for w, r, s, n in timings])
+        )
 
 
 if __name__ == "__main__":

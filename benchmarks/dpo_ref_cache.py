@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import tempfile
 import time
@@ -96,6 +97,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="pairs per step (default 16)")
     parser.add_argument("--hidden", type=int, default=128, help="model width (default 128, the quickstart's)")
     parser.add_argument("--layers", type=int, default=2, help="transformer blocks (default 2)")
+    parser.add_argument(
+        "--json", type=Path, help="also write the seconds per mode and point here (benchmarks/run.py)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("WANDB_MODE", "disabled")
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -172,6 +176,10 @@ def main() -> None:
             f"{totals['no precompute'] / totals[mode]:.2f}x",
         )
     Console(width=220).print(table)
+    if args.json:
+        args.json.write_text(
+            json.dumps({"totals": totals, "points": results, "betas": betas, "steps": args.steps})
+        )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,300 @@
+"""rlft's benchmarks: one entry point, one result file per benchmark, one markdown table.
+
+    python benchmarks/run.py                 # every benchmark, full repeats
+    python benchmarks/run.py --quick         # fewer steps and repeats (the README table's run)
+    python benchmarks/run.py --only wrapper  # one of: wrapper, quickstart, ref_cache, data, tuning
+
+Each benchmark writes `benchmarks/results/<name>.json` (the machine, its load average, package
+versions, the date, and each figure's median, min and max over the repeats); the table printed at
+the end (and written to `benchmarks/results/table.md`) is README's Performance table. Comparisons
+run both sides in this invocation, alternately, and report the ratio of medians with the range of
+the per-pair ratios: other jobs on the machine slow both sides alike. Set OMP_NUM_THREADS=1 on a
+shared machine. Nothing here asserts a speed; the goals are printed beside the figures.
+
+| benchmark    | compares                                                            | goal       |
+| ------------ | ------------------------------------------------------------------- | ---------- |
+| `wrapper`    | rlft's SFT, reward and DPO stages vs plain TRL scripts (same values) | loop <= 1.02x |
+| `quickstart` | `rlft quickstart` end to end, and each stage                         | <= 60 s    |
+| `ref_cache`  | a 3-point DPO β sweep with cached reference log-probs vs without     | >= 1.3x    |
+| `data`       | load + validation + curation of synthetic preference rows            | rows/s     |
+| `tuning`     | seconds per step and peak memory of each tuning method on SFT        | -          |
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (
+    REPO,
+    RESULTS,
+    Figure,
+    interleave,
+    machine,
+    python,
+    quiet_env,
+    run_command,
+    write_result,
+)  # noqa: E402
+
+
+def quickstart(quick: bool) -> dict[str, Any]:
+    """`rlft quickstart` from nothing: wall time, each stage's seconds, and its results (which must not move)."""
+    repeats = 1 if quick else 3
+    walls, stages, rewards = [], {}, {}
+    for i in range(repeats):
+        with tempfile.TemporaryDirectory(prefix="rlft-bench-quickstart-") as tmp:
+            env = {**quiet_env(), "RLFT_CACHE_DIR": f"{tmp}/cache", "HF_DATASETS_CACHE": f"{tmp}/hf"}
+            seconds, _ = run_command(
+                [python(), "-m", "rlft", "quickstart", "--run-dir", f"{tmp}/run"], env=env
+            )
+            walls.append(seconds)
+            for entry in json.loads(Path(f"{tmp}/run/summary.json").read_text()):
+                stages.setdefault(entry["stage"], []).append(entry["seconds"] or 0.0)
+                rewards[entry["stage"]] = entry.get("task_reward")
+            print(f"  [{i + 1}/{repeats}] quickstart: {seconds:.1f} s", flush=True)
+    wall = Figure("rlft quickstart", "s", walls)
+    in_stages = sum(statistics_median(v) for v in stages.values())
+    return {
+        "wall": wall.as_dict(),
+        "stages": {name: Figure(name, "s", v).as_dict() for name, v in stages.items()},
+        "task_reward": rewards,
+        "rows": [
+            {
+                "figure": "quickstart end to end",
+                "rlft": f"{wall.median:.1f} s",
+                "baseline": "goal 60 s",
+                "ratio": {"ratio": wall.median / 60.0, "goal": "<= 1.0 (60 s)"},
+                "note": f"stages {in_stages:.1f} s; task reward "
+                + ", ".join(f"{k} {v:.3f}" for k, v in rewards.items() if v is not None),
+            }
+        ],
+    }
+
+
+def statistics_median(values: list[float]) -> float:
+    import statistics
+
+    return statistics.median(values)
+
+
+def ref_cache(quick: bool) -> dict[str, Any]:
+    """benchmarks/dpo_ref_cache.py: the sweep with one reference cache against one pass per point."""
+    steps = 40 if quick else 125
+    with tempfile.TemporaryDirectory(prefix="rlft-bench-refcache-") as tmp:
+        out = Path(tmp) / "result.json"
+        run_command(
+            [
+                python(),
+                str(REPO / "benchmarks" / "dpo_ref_cache.py"),
+                "--steps",
+                str(steps),
+                "--json",
+                str(out),
+            ],
+            env=quiet_env(),
+        )
+        result = json.loads(out.read_text())
+    totals = result["totals"]
+    cached, uncached = totals["precompute + cache"], totals["precompute, no cache"]
+    return {
+        **result,
+        "rows": [
+            {
+                "figure": f"DPO 3-point β sweep, reference cache ({steps} steps/point)",
+                "rlft": f"{cached:.1f} s",
+                "baseline": f"{uncached:.1f} s (a reference pass per point)",
+                "ratio": {"ratio": uncached / cached, "goal": ">= 1.3x faster"},
+                "note": f"reference at every step: {totals['no precompute']:.1f} s",
+            }
+        ],
+    }
+
+
+def data(quick: bool) -> dict[str, Any]:
+    """benchmarks/data_throughput.py: rows per second of the data layer."""
+    rows = 20_000 if quick else 100_000
+    with tempfile.TemporaryDirectory(prefix="rlft-bench-data-") as tmp:
+        out = Path(tmp) / "result.json"
+        run_command(
+            [
+                python(),
+                str(REPO / "benchmarks" / "data_throughput.py"),
+                "--rows",
+                str(rows),
+                "--json",
+                str(out),
+            ],
+            env=quiet_env(),
+        )
+        timings = json.loads(out.read_text())
+    table = []
+    for t in timings:
+        if t["what"].startswith(("load_stage_data", "step near_dedup")):
+            table.append(
+                {
+                    "figure": f"data: {t['what']} ({t['rows']:,} rows)",
+                    "rlft": f"{t['rows'] / t['seconds']:,.0f} rows/s",
+                    "baseline": "-",
+                    "ratio": None,
+                    "note": f"{t['seconds']:.2f} s {t['note']}".strip(),
+                }
+            )
+    return {"timings": timings, "rows": table}
+
+
+TUNING = {
+    "full": {"method": "full"},
+    "freeze": {"method": "freeze", "last_n_blocks": 1},
+    "lora": {"method": "lora", "r": 8, "alpha": 16},
+    "dora": {"method": "dora", "r": 8, "alpha": 16},
+    "adapter": {"method": "adapter"},
+    "prompt_tuning": {"method": "prompt_tuning", "num_virtual_tokens": 8},
+}
+
+
+def tuning(quick: bool) -> dict[str, Any]:
+    """Seconds per step and peak memory (RSS of the stage's process) of each tuning method, SFT stage."""
+    from wrapper import DATA, build_model
+
+    steps, repeats = (40, 1) if quick else (150, 2)
+    out: dict[str, Any] = {"steps": steps, "methods": {}}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="rlft-bench-tuning-") as tmp:
+        work = Path(tmp)
+        model = build_model(work)
+        sides = {}
+        for name, method in TUNING.items():
+            stage = {
+                "name": "sft",
+                "kind": "sft",
+                "model": {"path": str(model)},
+                "data": {"train": str(DATA / "sft_train.jsonl")},
+                "tuning": method,
+                "evaluate": False,
+                "trainer": {
+                    "max_steps": steps,
+                    "per_device_train_batch_size": 16,
+                    "logging_steps": 10,
+                    "max_length": 64,
+                },
+            }
+            pipeline = work / f"{name}.yaml"
+            pipeline.write_text(json.dumps({"name": f"tuning-{name}", "report": False, "stages": [stage]}))
+
+            def side(name=name, pipeline=pipeline, counter=[0]) -> dict[str, float]:  # noqa: B006 - a run counter
+                counter[0] += 1
+                run_dir = work / f"{name}-{counter[0]}"
+                run_command(
+                    [python(), "-m", "rlft", "run", str(pipeline), "--run-dir", str(run_dir)], env=quiet_env()
+                )
+                record = json.loads((run_dir / "sft" / "stage.json").read_text())
+                metrics = [
+                    json.loads(x) for x in (run_dir / "sft" / "metrics.jsonl").read_text().splitlines()
+                ]
+                loop = next(m["train/runtime"] for m in reversed(metrics) if "train/runtime" in m)
+                peak = record["info"].get("peak_memory") or {}
+                return {
+                    "seconds_per_step": loop / steps,
+                    "peak_rss_mib": float(peak["rss_mib"]),
+                    "trainable": float(record["info"]["parameters"]["trainable"]),
+                }
+
+            sides[name] = side
+        figures = interleave(sides, repeats)
+    full = statistics_median(figures["full"]["seconds_per_step"])
+    for name, f in figures.items():
+        per_step = statistics_median(f["seconds_per_step"])
+        out["methods"][name] = {k: Figure(k, "", v).as_dict() for k, v in f.items()}
+        rows.append(
+            {
+                "figure": f"tuning: SFT with {name}",
+                "rlft": f"{per_step * 1000:.1f} ms/step",
+                "baseline": "full tuning" if name != "full" else "-",
+                "ratio": {"ratio": per_step / full, "goal": ""} if name != "full" else None,
+                "note": f"peak RSS {statistics_median(f['peak_rss_mib']):.0f} MiB, "
+                f"{int(f['trainable'][0]):,} trainable parameters",
+            }
+        )
+    out["rows"] = rows
+    return out
+
+
+def wrapper(quick: bool) -> dict[str, Any]:
+    import wrapper as bench
+
+    return bench.run(quick)
+
+
+BENCHMARKS = {
+    "wrapper": wrapper,
+    "quickstart": quickstart,
+    "ref_cache": ref_cache,
+    "data": data,
+    "tuning": tuning,
+}
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| figure | rlft | baseline | ratio (pair range) | goal | note |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        ratio = row.get("ratio")
+        if ratio:
+            spread = f" ({ratio['pair_min']:.2f}-{ratio['pair_max']:.2f})" if "pair_min" in ratio else ""
+            cell, goal = f"{ratio['ratio']:.2f}{spread}", ratio.get("goal", "")
+        else:
+            cell, goal = "-", ""
+        lines.append(
+            f"| {row['figure']} | {row['rlft']} | {row['baseline']} | {cell} | {goal} | {row.get('note', '')} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Run rlft's benchmarks; write benchmarks/results/<name>.json and print one markdown table.",
+        epilog="Set OMP_NUM_THREADS=1 on a shared machine. See the docstring of benchmarks/run.py.",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer steps and repeats (about 15 minutes on 2 cores)"
+    )
+    parser.add_argument(
+        "--only", choices=sorted(BENCHMARKS), action="append", help="run only this one (repeatable)"
+    )
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    for name in args.only or BENCHMARKS:
+        print(f"== {name}", flush=True)
+        begin = time.perf_counter()
+        result = BENCHMARKS[name](args.quick)
+        result["seconds"] = time.perf_counter() - begin
+        result["quick"] = args.quick
+        print(f"   {name}: {result['seconds']:.0f} s -> {write_result(name, result)}", flush=True)
+        rows.extend(result["rows"])
+    m = machine()
+    header = (
+        f"{m['date']}, {m['cpus']} CPUs ({m['processor']}), load average {m['load_average']}, "
+        f"torch {m['versions']['torch']}, transformers {m['versions']['transformers']}, trl {m['versions']['trl']}; "
+        f"`python benchmarks/run.py{' --quick' if args.quick else ''}` took {time.perf_counter() - started:.0f} s"
+    )
+    table = f"{header}\n\n{markdown(rows)}\n"
+    print("\n" + table)
+    if not args.only:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "table.md").write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
