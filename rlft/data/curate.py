@@ -148,7 +148,9 @@ def shingle_hashes(texts: Sequence[str], size: int) -> tuple[np.ndarray, np.ndar
     ends = np.cumsum(lengths)
     points = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
     windows = _rolling_hashes(points, size)  # one per start position of the joined text
-    inside = np.arange(len(windows)) + size <= np.repeat(ends, lengths)[: len(windows)]
+    inside = np.ones(len(windows), dtype=bool)  # windows ending past their text's end are not
+    for k in range(1, size):
+        inside[ends[(ends >= k) & (ends - k < len(windows))] - k] = False
     counts = np.where(lengths >= size, lengths - size + 1, np.minimum(lengths, 1))
     bounds = np.concatenate([[0], np.cumsum(counts)])
     hashes = np.empty(bounds[-1], dtype=np.uint32)
@@ -168,9 +170,10 @@ def _rolling_hashes(points: np.ndarray, size: int) -> np.ndarray:
     import numpy as np
 
     count = max(0, len(points) - size + 1)
-    hashes = np.zeros(count, dtype=np.uint64)
-    for j in range(size):  # h = sum of points[i + j] * P^(size - 1 - j), modulo 2^64
-        hashes = hashes * np.uint64(0x100000001B3) + points[j : j + count]
+    hashes = points[:count].copy()
+    for j in range(1, size):  # h = sum of points[i + j] * P^(size - 1 - j), modulo 2^64
+        hashes *= np.uint64(0x100000001B3)
+        hashes += points[j : j + count]
     hashes ^= hashes >> np.uint64(29)
     return (hashes & np.uint64(0xFFFFFFFF)).astype(np.uint32)
 
@@ -280,11 +283,16 @@ def find_near_duplicates(
         or [np.empty((0, num_perm), dtype=np.uint32)]
     )  # (N, num_perm)
     groups, shared = band_groups(signatures, bands=bands, rows=rows)
-    kept: list[dict[int, list[int]]] = [{} for _ in range(bands)]  # band -> group -> its kept rows
+    kept: dict[tuple[int, int], list[int]] = {}  # (band, group) -> its kept rows
     removal = Removal(details={"threshold": threshold, "num_perm": num_perm, "shingle_chars": shingle})
-    for i in np.flatnonzero(shared.any(axis=0)).tolist():  # other rows share no band: kept
-        in_bands = np.flatnonzero(shared[:, i]).tolist()
-        candidates = sorted({j for k in in_bands for j in kept[k].get(groups[k, i], ())})
+    sharing = np.flatnonzero(shared.any(axis=0))  # the other rows share no band: kept
+    for i, row_groups, row_shared in zip(
+        sharing.tolist(), groups[:, sharing].T.tolist(), shared[:, sharing].T.tolist(), strict=True
+    ):
+        keys = [
+            (k, group) for k, (group, other) in enumerate(zip(row_groups, row_shared, strict=True)) if other
+        ]
+        candidates = sorted({j for key in keys for j in kept.get(key, ())})
         similarity = (signatures[candidates] == signatures[i]).mean(axis=1)  # (candidates,)
         best = int(np.argmax(similarity)) if candidates else 0
         if candidates and similarity[best] >= threshold:
@@ -294,8 +302,8 @@ def find_near_duplicates(
             )
             removal.duplicate_of[i] = candidates[best]
         else:
-            for k in in_bands:
-                kept[k].setdefault(groups[k, i], []).append(i)
+            for key in keys:
+                kept.setdefault(key, []).append(i)
     return removal
 
 
