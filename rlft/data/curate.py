@@ -51,7 +51,9 @@ if TYPE_CHECKING:
     from rlft.data.validate import Rejects
 
 BATCH_ROWS = 1000  # rows read from Arrow at a time
-PERMUTE_SHINGLES = 8192  # shingles permuted per numpy call: (num_perm, 8192) uint32, 4 MiB at 128
+# Shingles permuted per numpy call: a (num_perm, 8192) uint32 buffer, 4 MiB at 128. Measured on
+# the benchmark's rows: 2048 and 4096 took 2x and 1.3x as long (per-call costs), 16384 no less.
+PERMUTE_SHINGLES = 8192
 PAIRED = ("preference", "implicit_preference")  # chosen/rejected pairs
 LABELLED = (*PAIRED, "unpaired_preference")  # formats whose labels flip_fraction can flip
 RESPONSES = ("completion", "chosen", "rejected")  # the fields length bounds as responses
@@ -112,8 +114,9 @@ def prompt_and_responses(row: dict, format: str) -> tuple[Any, dict[str, Any]]:
 
 def normalized_texts(ds: Dataset, fields: Sequence[str]) -> Iterator[str]:
     """Each row's normalised text: its fields, normalised, joined by a NUL (never in normal text)."""
-    for row in iter_rows(ds, fields):
-        yield "\x00".join(normalize(render(row[f])) for f in fields)
+    for batch in ds.select_columns(list(fields)).iter(batch_size=BATCH_ROWS):
+        columns = [[normalize(render(value)) for value in batch[f]] for f in fields]
+        yield from map("\x00".join, zip(*columns, strict=True))
 
 
 # --- steps ---------------------------------------------------------------------------------------
@@ -146,7 +149,7 @@ def shingle_hashes(texts: Sequence[str], size: int) -> tuple[np.ndarray, np.ndar
 
     lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))  # code points, (N,)
     ends = np.cumsum(lengths)
-    points = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    points = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32)
     windows = _rolling_hashes(points, size)  # one per start position of the joined text
     inside = np.ones(len(windows), dtype=bool)  # windows ending past their text's end are not
     for k in range(1, size):
@@ -165,17 +168,17 @@ def shingle_hashes(texts: Sequence[str], size: int) -> tuple[np.ndarray, np.ndar
 
 
 def _rolling_hashes(points: np.ndarray, size: int) -> np.ndarray:
-    """The hash of each `size` consecutive code points (uint64 (L,) -> uint32 (L - size + 1,)): a
+    """The hash of each `size` consecutive code points (uint32 (L,) -> uint32 (L - size + 1,)): a
     polynomial modulo 2^64, its high bits folded into the low 32 kept."""
     import numpy as np
 
     count = max(0, len(points) - size + 1)
-    hashes = points[:count].copy()
+    hashes = points[:count].astype(np.uint64)
     for j in range(1, size):  # h = sum of points[i + j] * P^(size - 1 - j), modulo 2^64
         hashes *= np.uint64(0x100000001B3)
         hashes += points[j : j + count]
     hashes ^= hashes >> np.uint64(29)
-    return (hashes & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    return hashes.astype(np.uint32)  # the low 32 bits
 
 
 def minhash_permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -227,18 +230,19 @@ def minhash_signatures(hashes: np.ndarray, bounds: np.ndarray, *, num_perm: int,
     return signatures
 
 
-def band_groups(signatures: np.ndarray, *, bands: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+def band_groups(signatures: np.ndarray, *, bands: int, band_size: int) -> tuple[np.ndarray, np.ndarray]:
     """LSH banding (Leskovec et al., Mining of Massive Datasets, ch. 3.4): band k of a signature
-    is its values k * rows ... (k + 1) * rows - 1, and rows whose band k is equal share group k.
+    is its values k * band_size ... (k + 1) * band_size - 1, and rows whose band k is equal share
+    group k.
     Returns (group (bands, N) int64, shared (bands, N) bool: the group has another row). As
-    datasketch's MinHashLSH: bands compared exactly, values past bands * rows unused."""
+    datasketch's MinHashLSH: bands compared exactly, values past bands * band_size unused."""
     import numpy as np
 
     groups = np.empty((bands, len(signatures)), dtype=np.int64)
     shared = np.empty((bands, len(signatures)), dtype=bool)
     for k in range(bands):
-        band = np.ascontiguousarray(signatures[:, k * rows : (k + 1) * rows])
-        keys = band.view(np.dtype((np.void, band.itemsize * rows))).ravel()  # one value per row
+        band = np.ascontiguousarray(signatures[:, k * band_size : (k + 1) * band_size])
+        keys = band.view(np.dtype((np.void, band.itemsize * band_size))).ravel()  # one value per row
         _, groups[k], counts = np.unique(keys, return_inverse=True, return_counts=True)
         shared[k] = counts[groups[k]] > 1
     return groups, shared
@@ -273,7 +277,7 @@ def find_near_duplicates(
     # Bands weighted toward recall: every candidate is checked, so a false positive costs one
     # comparison, while a missed one keeps a duplicate (equal weights find a pair at exactly the
     # threshold about half the time; these about 93% of the time, at +0.05 over 99%).
-    bands, rows = _optimal_param(threshold, num_perm, 0.05, 0.95)
+    bands, band_size = _optimal_param(threshold, num_perm, 0.05, 0.95)  # 12 x 10 at 0.85, 128
     texts = normalized_texts(ds, fields)
     signatures = np.concatenate(
         [
@@ -282,7 +286,7 @@ def find_near_duplicates(
         ]
         or [np.empty((0, num_perm), dtype=np.uint32)]
     )  # (N, num_perm)
-    groups, shared = band_groups(signatures, bands=bands, rows=rows)
+    groups, shared = band_groups(signatures, bands=bands, band_size=band_size)
     kept: dict[tuple[int, int], list[int]] = {}  # (band, group) -> its kept rows
     removal = Removal(details={"threshold": threshold, "num_perm": num_perm, "shingle_chars": shingle})
     sharing = np.flatnonzero(shared.any(axis=0))  # the other rows share no band: kept

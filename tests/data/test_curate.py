@@ -167,7 +167,7 @@ def test_shingle_hashes_of_a_batch_are_each_texts_own():
 
     hashes, bounds = shingle_hashes(TEXTS, 5)
     for i, text in enumerate(TEXTS):
-        points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+        points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
         alone = _rolling_hashes(points, max(1, min(5, len(text))))
         assert hashes[bounds[i] : bounds[i + 1]].tolist() == alone.tolist()
     assert bounds[1] == 0 and bounds[2] - bounds[1] == 1 and bounds[-1] - bounds[-2] == 1800 - 4
