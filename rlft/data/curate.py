@@ -269,11 +269,12 @@ def find_near_duplicates(
     found. Only rows that share a band with another row reach the Python loop. Why: per row,
     datasketch's MinHash object, the Python list of hashes and the LSH calls cost more than the
     arithmetic. On benchmarks/data_throughput.py's rows (~1,100 shingles each; `--compare`,
-    interleaved, on a shared, loaded 2-core machine): 20,000 rows 1,007 -> 5,109 rows/s (5.1x;
-    5.6x in another run), 100,000 rows 1,012 -> 4,580 rows/s (4.5x); in each, the same rows
-    found, with the same reasons and duplicate_of. The num_perm multiply-adds per shingle are now
-    about half the time; one-permutation hashing (Shrivastava 2017) would cut them num_perm-fold
-    but is noisier for texts with fewer shingles than num_perm, and 4x did not need it.
+    interleaved, on a shared, loaded 2-core machine): 20,000 rows 1,007 -> 5,109 rows/s (5.1x),
+    100,000 rows 1,171 -> 6,817 rows/s (5.8x; runs while this was written ranged 4.5-5.8x); in
+    each, the same rows found, with the same reasons and duplicate_of. The num_perm multiply-adds
+    per shingle are now about half the time; one-permutation hashing (Shrivastava 2017) would cut
+    them num_perm-fold but is noisier for texts with fewer shingles than num_perm, and 4x did not
+    need it.
     """
     import numpy as np
     from datasketch.lsh import _optimal_param
