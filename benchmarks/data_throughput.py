@@ -2,6 +2,7 @@
 
     python benchmarks/data_throughput.py                # 100,000 rows
     python benchmarks/data_throughput.py --rows 20000
+    python benchmarks/data_throughput.py --rows 20000 --compare   # near_dedup: numpy vs datasketch
 
 Writes a synthetic preference JSONL (seeded) to a temporary folder: prompts of 20-60 words,
 answers of 20-80, from a 2,000-word vocabulary, with about 5% exact duplicates (case and spacing
@@ -11,6 +12,9 @@ differ only in case. Then times, one after the other:
 - `load_stage_data` again (Arrow cached): validation alone;
 - `load_stage_data` with curate: dedup, near_dedup, drop_identical_pairs, flip_fraction;
 - each curation step on its own, over the validated rows.
+With --compare, only near_dedup instead: rlft's (numpy, batched) and the per-row datasketch
+version it replaced (kept here, `near_duplicates_datasketch`), interleaved (A B A B ...) so that
+both see the same load, and the rows each finds.
 Single process; set OMP_NUM_THREADS=1 on a shared machine.
 """
 
@@ -54,11 +58,94 @@ def synthetic_rows(n: int, *, seed: int) -> list[dict]:
     return rows
 
 
+def near_duplicates_datasketch(ds, *, fields, threshold: float, num_perm: int, shingle: int, seed: int):
+    """rlft's near_dedup before it moved to numpy (the reference for --compare): per row, a
+    rolling hash of its shingles as a Python list, a datasketch MinHash (its default scheme,
+    affine32 in datasketch 2) and a MinHashLSH query, then an insert when the row is kept."""
+    import numpy as np
+    from datasketch import MinHash, MinHashLSH
+
+    from rlft.data.curate import Removal, normalized_texts
+
+    def shingle_hashes(text: str, size: int) -> list[int]:
+        points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+        size = max(1, min(size, len(points)))
+        count = max(0, len(points) - size + 1)
+        hashes = np.zeros(count, dtype=np.uint64)
+        for j in range(size):
+            hashes = hashes * np.uint64(0x100000001B3) + points[j : j + count]
+        hashes ^= hashes >> np.uint64(29)
+        return (hashes & np.uint64(0xFFFFFFFF)).tolist()
+
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.05, 0.95))
+    kept: dict[int, np.ndarray] = {}
+    hashed = (shingle_hashes(text, shingle) for text in normalized_texts(ds, fields))
+    minhashes = MinHash.generator(hashed, num_perm=num_perm, seed=seed % 2**32, hashfunc=int)
+    removal = Removal(details={"threshold": threshold, "num_perm": num_perm, "shingle_chars": shingle})
+    for i, minhash in enumerate(minhashes):
+        best, best_similarity = None, 0.0
+        for j in sorted(lsh.query(minhash)):
+            similarity = float(np.mean(kept[j] == minhash.hashvalues))
+            if similarity >= threshold and similarity > best_similarity:
+                best, best_similarity = j, similarity
+        if best is None:
+            lsh.insert(i, minhash, check_duplication=False)
+            kept[i] = minhash.hashvalues
+        else:
+            removal.reasons[i] = (
+                f"near-duplicate of an earlier row: estimated Jaccard similarity {best_similarity:.2f} "
+                f">= threshold {threshold} ({shingle}-character shingles of the normalised text)"
+            )
+            removal.duplicate_of[i] = best
+    return removal
+
+
+def compare_near_dedup(train, *, fields, near, seed: int, repeats: int) -> None:
+    """Time rlft's near_dedup against the datasketch version, interleaved, and compare the rows found."""
+    from rlft.data.curate import find_near_duplicates
+
+    kwargs = dict(
+        fields=fields, threshold=near.threshold, num_perm=near.num_perm, shingle=near.shingle, seed=seed
+    )
+    versions = {
+        "datasketch (per row)": near_duplicates_datasketch,
+        "rlft (numpy, batched)": find_near_duplicates,
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in versions}
+    found = {}
+    for find in versions.values():  # imports and first-call costs, untimed
+        find(train.select(range(min(200, len(train)))), **kwargs)
+    for _ in range(repeats):
+        for name, find in versions.items():
+            begin = time.perf_counter()
+            found[name] = find(train, **kwargs)
+            seconds[name].append(time.perf_counter() - begin)
+    print(f"\nnear_dedup over {len(train):,} rows, {repeats} interleaved runs each (seconds, rows/s)")
+    for name, times in seconds.items():
+        runs = ", ".join(f"{t:.2f}" for t in times)
+        print(
+            f"  {name:<22} {runs}  mean {sum(times) / len(times):.2f} s, {len(train) * len(times) / sum(times):,.0f} rows/s"
+        )
+    old, new = (found[name] for name in versions)
+    ratio = sum(seconds["datasketch (per row)"]) / sum(seconds["rlft (numpy, batched)"])
+    print(f"  ratio {ratio:.2f}x")
+    both = old.reasons.keys() & new.reasons.keys()
+    print(
+        f"  found: datasketch {len(old.reasons)}, rlft {len(new.reasons)}; both {len(both)}, "
+        f"only rlft (extra) {len(new.reasons.keys() - both)}, only datasketch (missed) {len(old.reasons.keys() - both)}; "
+        f"same reasons {old.reasons == new.reasons}, same duplicate_of {old.duplicate_of == new.duplicate_of}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=100_000, help="rows of synthetic data (default 100000)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the data and the curation")
     parser.add_argument("--json", type=Path, help="also write the timings here (benchmarks/run.py)")
+    parser.add_argument(
+        "--compare", action="store_true", help="time near_dedup against the datasketch version, interleaved"
+    )
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each version with --compare")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="rlft-bench-") as tmp:
@@ -94,6 +181,13 @@ def main() -> None:
                 config, formats=("preference",), base_dir=folder, rejects_path=folder / "rejects.jsonl"
             )
             return data, time.perf_counter() - begin
+
+        if args.compare:
+            data, _ = load()
+            fields = text_fields(data.train, "preference")
+            near = CurateConfig(near_dedup=True).near_dedup
+            compare_near_dedup(data.train, fields=fields, near=near, seed=args.seed, repeats=args.repeats)
+            return
 
         timings: list[tuple[str, int, float, str]] = []  # (what, rows in, seconds, note)
         _, seconds = load()

@@ -147,6 +147,83 @@ def test_near_dedup_keeps_unrelated_short_rows(tmp_path):
     assert len(kept) == 20 and report[0]["removed"] == 0
 
 
+# texts of every kind shingle_hashes meets: empty, shorter than a shingle, non-ASCII, long
+TEXTS = [
+    "",
+    "ab",
+    "abcd",
+    "abcde",
+    "h\u00e9llo w\u00f6rld \U0001f600 caf\u00e9",
+    "x" * 3,
+    "a\x00b\x00c",
+    "lorem " * 300,
+]
+
+
+def test_shingle_hashes_of_a_batch_are_each_texts_own():
+    import numpy as np
+
+    from rlft.data.curate import _rolling_hashes, shingle_hashes
+
+    hashes, bounds = shingle_hashes(TEXTS, 5)
+    for i, text in enumerate(TEXTS):
+        points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        alone = _rolling_hashes(points, max(1, min(5, len(text))))
+        assert hashes[bounds[i] : bounds[i + 1]].tolist() == alone.tolist()
+    assert bounds[1] == 0 and bounds[2] - bounds[1] == 1 and bounds[-1] - bounds[-2] == 1800 - 4
+
+
+@pytest.mark.parametrize("block", [7, 8192])  # rows split across permutation blocks, and not
+def test_minhash_signatures_are_datasketchs(monkeypatch, block):
+    """The numpy signatures equal datasketch 2's MinHash (scheme affine32, hashes given as ints)."""
+    import numpy as np
+    from datasketch import MinHash
+
+    from rlft.data import curate
+
+    monkeypatch.setattr(curate, "PERMUTE_SHINGLES", block)
+    hashes, bounds = curate.shingle_hashes(TEXTS, 5)
+    signatures = curate.minhash_signatures(hashes, bounds, num_perm=64, seed=2**32 + 3)
+    try:
+        MinHash(num_perm=64, seed=3, scheme="affine32")
+    except TypeError:
+        pytest.skip("datasketch < 2 has no affine32 scheme")
+    for i in range(len(TEXTS)):
+        reference = MinHash(num_perm=64, seed=3, scheme="affine32", hashfunc=int)
+        reference.update_batch(hashes[bounds[i] : bounds[i + 1]].tolist())
+        assert np.array_equal(signatures[i], reference.hashvalues), TEXTS[i][:20]
+
+
+def test_minhash_estimates_track_the_true_jaccard_similarity():
+    """Over random text pairs, the share of equal signature values is an unbiased estimate of the
+    Jaccard similarity J of the shingle sets with standard error sqrt(J(1 - J) / num_perm) (each
+    value is equal with probability J, independently): so the errors in standard errors, z, have
+    mean about 0 and mean square about 1, and none is far out."""
+    import numpy as np
+
+    from rlft.data.curate import minhash_signatures, shingle_hashes
+
+    rng = random.Random(0)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    z = []
+    for _ in range(400):
+        words = ["".join(rng.choices(letters, k=rng.randint(2, 8))) for _ in range(rng.randint(20, 120))]
+        changed = rng.uniform(0.02, 0.5)  # the share of words replaced
+        other = [rng.choice(letters) * 3 if rng.random() < changed else w for w in words]
+        texts = [" ".join(words), " ".join(other)]
+        shingles = [{t[k : k + 5] for k in range(len(t) - 4)} for t in texts]
+        true = len(shingles[0] & shingles[1]) / len(shingles[0] | shingles[1])
+        signatures = minhash_signatures(*shingle_hashes(texts, 5), num_perm=128, seed=rng.randrange(2**32))
+        estimate = float(np.mean(signatures[0] == signatures[1]))
+        if 0.05 < true < 0.95:
+            z.append((estimate - true) / np.sqrt(true * (1 - true) / 128))
+    z = np.array(z)
+    assert len(z) > 350
+    assert abs(z.mean()) < 3 / np.sqrt(len(z))  # no bias beyond three standard errors of the mean
+    assert 0.7 < np.mean(z**2) < 1.3  # the spread the formula says
+    assert np.abs(z).max() < 4.5
+
+
 # --- drop_identical_pairs ------------------------------------------------------------------------
 
 # A template that, like reasoning models' templates, renders only what follows </think>.
