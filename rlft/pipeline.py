@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from rlft import stage_server
 from rlft.artifacts import hash_json, hash_path, link_dir, read_json, write_json_atomic
 from rlft.config import ModelSource
 from rlft.distributed import outer_launch
@@ -89,7 +90,8 @@ def run_pipeline(
         reuse=reuse,
     )
     if not outer_launch():
-        return _run_stages(pipeline, **options, world=None)
+        with stage_server.serving():  # single-process stages start with the libraries imported
+            return _run_stages(pipeline, **options, world=None)
     world = World.join()
     if world.rank != 0:
         code = world.follow()
@@ -345,7 +347,11 @@ def _execute(
     write_json_atomic(work / "plan.json", plan)
     if plan["resume_from"]:
         logger.info(f"resuming: {stage.name} from {Path(plan['resume_from']).name} (an earlier run died)")
-    if world is None:
+    server = stage_server.server() if world is None and not (launch or stage.launch) else None
+    if server is not None:
+        (work / "stage.log").write_text(f"# forked from the stage server: rlft.stages.runner {work}\n")
+        code = _stream_forked(server, work)
+    elif world is None:
         command = stage_command(launch or stage.launch, work, base_dir=base_dir)
         logger.debug(f"$ {' '.join(command)}")
         (work / "stage.log").write_text(f"$ {' '.join(command)}\n")
@@ -467,24 +473,29 @@ def stage_command(launch: str | None, work: Path, *, base_dir: Path) -> list[str
     return [accelerate, "launch", "--config_file", str(config), *runner]
 
 
+def _copy_output(fd: int, log_path: Path) -> None:
+    """Copy a stage's output (progress bars included) to the terminal and its log, until it closes."""
+    with open(log_path, "ab") as log:
+        out = getattr(sys.stdout, "buffer", None)
+        while chunk := os.read(fd, 65536):
+            if out is not None:
+                out.write(chunk)
+            else:  # a text-only stdout (some test or notebook captures)
+                sys.stdout.write(chunk.decode(errors="replace"))
+            sys.stdout.flush()
+            log.write(chunk)
+            log.flush()  # in order with the lines the stage writes into the log itself (rlft.log.stage_log)
+
+
 def _stream(command: list[str], log_path: Path) -> int:
-    """Run a stage's process, copying its output (progress bars included) to the terminal and a log.
+    """Run a stage's process, copying its output to the terminal and a log.
 
     The child stays in our process group, so Ctrl-C (or killing the group) reaches it too.
     """
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     try:
-        with open(log_path, "ab") as log:
-            out = getattr(sys.stdout, "buffer", None)
-            while chunk := os.read(proc.stdout.fileno(), 65536):
-                if out is not None:
-                    out.write(chunk)
-                else:  # a text-only stdout (some test or notebook captures)
-                    sys.stdout.write(chunk.decode(errors="replace"))
-                sys.stdout.flush()
-                log.write(chunk)
-                log.flush()  # in order with the lines the stage writes into the log itself (rlft.log.stage_log)
+        _copy_output(proc.stdout.fileno(), log_path)
         return proc.wait()
     except KeyboardInterrupt:
         try:
@@ -492,6 +503,34 @@ def _stream(command: list[str], log_path: Path) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
         raise
+
+
+def _stream_forked(server: stage_server.StageServer, work: Path) -> int:
+    """`_stream` for a stage process forked from the stage server (in our process group too)."""
+    read_end, write_end = os.pipe()
+    try:
+        pid = server.run(work, write_end)
+    finally:
+        os.close(write_end)
+    try:
+        _copy_output(read_end, work / "stage.log")
+        return server.wait()
+    except KeyboardInterrupt:
+        import signal
+        import time
+
+        deadline = time.time() + 30
+        while time.time() < deadline:  # the stage got the Ctrl-C too: let it stop as it does
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, signal.SIGKILL)
+        raise
+    finally:
+        os.close(read_end)
 
 
 def summary_entries(outcomes: list[StageOutcome]) -> list[dict[str, Any]]:

@@ -61,7 +61,13 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("stage registry and runner", ["rlft.stages", "rlft.stages.runner"]),
     (
         "pipeline files, launch rules, launched mode",
-        ["rlft.pipeline_file", "rlft.launch_rules", "rlft.launched", "rlft.config_reference"],
+        [
+            "rlft.pipeline_file",
+            "rlft.launch_rules",
+            "rlft.launched",
+            "rlft.stage_server",
+            "rlft.config_reference",
+        ],
     ),
     ("pipeline and sweep", ["rlft.pipeline", "rlft.sweep", "rlft.run_evaluation", "rlft.report"]),
     ("Python API and CLI", ["rlft.api", "rlft.cli", "rlft", "rlft.__main__"]),
