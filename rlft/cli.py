@@ -228,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--seed", type=int, default=0, help="seeds the samples and the bootstrap (default 0)"
     )
+    evaluate.add_argument(
+        "--judge",
+        metavar="MODEL",
+        help="a pairwise LLM judge (a folder or hub name; default template and labels A/B), instead of "
+        "the pipeline's evaluate.judge: adds judge_win_rate",
+    )
 
     report = sub.add_parser(
         "report",
@@ -316,7 +322,9 @@ Measure every policy stage of a finished run on the pipeline's held-out prompts 
 block): the verifier's mean reward on greedy completions and on seeded samples, the run's reward
 model's mean score, the win rate against a baseline stage (the stage each one started from, or
 --against; judged by the reward model, else the verifier; ties apart, a 95% bootstrap interval and
-the length-controlled variant), and the KL from that baseline on the stage's own samples. Writes
+the length-controlled variant), with a pairwise LLM judge (evaluate.judge or --judge) the judge's win
+rate against that baseline (both orders; a tie when they disagree), and the KL from that baseline on
+the stage's own samples. Writes
 RUN_DIR/eval.json and RUN_DIR/eval.csv and prints one table.
 """
 
@@ -324,6 +332,7 @@ EVAL_EPILOG = """\
 Examples:
   rlft eval runs/quickstart
   rlft eval runs/quickstart --stages dpo ppo --against sft --samples 8
+  rlft eval runs/quickstart --judge ~/models/SmolLM2-135M-Instruct
 """
 
 GENERATE_DESCRIPTION = """\
@@ -621,6 +630,7 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from rlft.config import JudgeConfig
     from rlft.run_evaluation import evaluate_run, print_table
 
     results = evaluate_run(
@@ -630,6 +640,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         samples=args.samples,
         max_prompts=args.max_prompts,
         seed=args.seed,
+        judge=JudgeConfig(model=args.judge) if args.judge else None,
     )
     print_table(results)
     print(f"eval: {args.run_dir / 'eval.json'}, {args.run_dir / 'eval.csv'}")

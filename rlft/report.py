@@ -41,6 +41,7 @@ EVAL_COLUMNS = {
     "rm_score": "RM score",
     "win_rate": "win rate",
     "lc_win_rate": "LC win rate",
+    "judge_win_rate": "judge win rate",
     "kl": "KL",
     "mean_length": "length",
 }

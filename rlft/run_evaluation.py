@@ -9,6 +9,9 @@ pipeline's `evaluate:` prompts:
                      the greedy completions judged by the reward model (else the verifier); ties
                      apart, a 95% bootstrap interval, and the length-controlled variant
     KL               KL(stage || baseline) in nats per response on the stage's own samples, ± its standard error
+    judge            with `evaluate.judge` (or --judge): a pairwise LLM judge's win rate of the greedy
+                     completions against the baseline's, each pair asked in both orders (a tie when the
+                     orders disagree), with its bootstrap interval (rlft.judge)
     length           mean characters of the greedy completions
 
 Written to `RUN_DIR/eval.json` and `RUN_DIR/eval.csv`, and printed as one table. The numbers come
@@ -27,7 +30,7 @@ from typing import Any
 import yaml
 
 from rlft.artifacts import read_json, write_json_atomic
-from rlft.config import EvaluateConfig
+from rlft.config import EvaluateConfig, JudgeConfig
 from rlft.errors import ConfigError, RlftError
 
 logger = logging.getLogger(__name__)
@@ -48,6 +51,10 @@ COLUMNS = (
     "losses",
     "lc_win_rate",
     "judge",
+    "judge_win_rate",
+    "judge_win_rate_low",
+    "judge_win_rate_high",
+    "judge_ties",
     "kl",
     "kl_stderr",
     "mean_length",
@@ -62,9 +69,11 @@ def evaluate_run(
     samples: int = 4,
     max_prompts: int | None = None,
     seed: int = 0,
+    judge: JudgeConfig | None = None,
 ) -> list[dict[str, Any]]:
     """Measure the policy stages of a finished run (all, or `stages`); returns one row per stage
-    (COLUMNS) and writes eval.json and eval.csv into the run folder."""
+    (COLUMNS) and writes eval.json and eval.csv into the run folder. `judge` replaces the pipeline's
+    `evaluate.judge`."""
     from reward_models.loading import RewardLoadError, load_function
 
     run = Path(run_dir)
@@ -86,6 +95,13 @@ def evaluate_run(
     rows = _prompt_rows(evaluate, base_dir, max_prompts or evaluate.max_prompts)
     reward_model = _reward_model(run, records)
     options = {"max_new_tokens": evaluate.max_new_tokens, "batch_size": evaluate.batch_size}
+    judge_config = judge or evaluate.judge
+    judges: list[Any] = []  # the judge's (model, tokenizer), loaded when first needed
+
+    def judge_of() -> tuple[Any, Any]:
+        if not judges:
+            judges.append(_load_judge(judge_config, run, base_dir, records))
+        return judges[0]
 
     greedy: dict[str, list[str]] = {}  # stage -> greedy completions, kept for the baselines
 
@@ -113,6 +129,7 @@ def evaluate_run(
                 samples=samples,
                 seed=seed,
                 options=options,
+                judge=(judge_config, judge_of) if judge_config is not None else None,
             )
         )
     write_json_atomic(run / "eval.json", results)
@@ -136,6 +153,7 @@ def _evaluate_stage(
     samples: int,
     seed: int,
     options: dict[str, int],
+    judge: tuple[JudgeConfig, Any] | None = None,
 ) -> dict[str, Any]:
     from rlft.comparisons import length_controlled_win_rate, outcomes, win_rate
     from rlft.evaluation import sampled_completions, sampled_kl
@@ -179,6 +197,8 @@ def _evaluate_stage(
                 outcomes(judge_scores, base_scores), [len(c) for c in greedy], [len(c) for c in base_greedy]
             ),
         }
+        if judge is not None:
+            row |= _judge_columns(judge[0], *judge[1](), prompts, greedy, base_greedy, seed=seed)
         if base_tokenizer.get_vocab() == tokenizer.get_vocab():
             kl = sampled_kl(
                 model,
@@ -191,6 +211,62 @@ def _evaluate_stage(
             )
             row |= {"kl": kl.mean, "kl_stderr": kl.stderr}
     return row
+
+
+def _judge_columns(
+    config: JudgeConfig,
+    model: Any,
+    tokenizer: Any,
+    prompts: list[Any],
+    answers: list[str],
+    baseline_answers: list[str],
+    *,
+    seed: int,
+) -> dict[str, Any]:
+    """The judge's win rate of `answers` against `baseline_answers` (both orders; ties apart)."""
+    from rlft.comparisons import win_rate
+    from rlft.judge import judge_pairs
+
+    judged = judge_pairs(
+        model,
+        tokenizer,
+        prompts,
+        answers,
+        baseline_answers,
+        template=config.template,
+        labels=config.labels,
+        chat_template=config.chat_template,
+        batch_size=config.batch_size,
+    )
+    won = win_rate(
+        judged.outcomes, [0.5] * len(prompts), seed=seed
+    )  # outcome 1 / 0.5 / 0 -> win / tie / loss
+    return {
+        "judge_win_rate": won.rate,
+        "judge_win_rate_low": won.low,
+        "judge_win_rate_high": won.high,
+        "judge_ties": won.ties,
+    }
+
+
+def _load_judge(config: JudgeConfig, run: Path, base_dir: Path, records: dict[str, Any]) -> tuple[Any, Any]:
+    import torch
+
+    from rlft.models.loading import load_causal_lm, load_tokenizer, resolve_source
+
+    resolved = resolve_source(
+        config.model,
+        model_paths={name: str(run / name) for name in records},
+        run_dir=run,
+        base_dir=base_dir,
+        key="evaluate.judge.model",
+    )
+    logger.info(f"judge: {resolved.description}")
+    tokenizer, _ = load_tokenizer(resolved)
+    model = load_causal_lm(resolved, dtype=config.model.dtype, tokenizer=tokenizer)
+    if torch.cuda.is_available():
+        model.to("cuda")
+    return model, tokenizer
 
 
 def print_table(results: list[dict[str, Any]], *, console: Any = None) -> None:
@@ -207,6 +283,7 @@ def print_table(results: list[dict[str, Any]], *, console: Any = None) -> None:
         "RM score",
         "win rate [95% CI]",
         "LC win",
+        "judge win [95% CI]",
         "KL ± se",
         "length",
     ):
@@ -221,6 +298,11 @@ def print_table(results: list[dict[str, Any]], *, console: Any = None) -> None:
             if "win_rate" in r
             else "-"
         )
+        judged = (
+            f"{r['judge_win_rate']:.3f} [{r['judge_win_rate_low']:.2f}, {r['judge_win_rate_high']:.2f}]"
+            if "judge_win_rate" in r
+            else "-"
+        )
         kl = f"{r['kl']:.3f} ± {r['kl_stderr']:.3f}" if "kl" in r else "-"
         table.add_row(
             r["stage"],
@@ -230,6 +312,7 @@ def print_table(results: list[dict[str, Any]], *, console: Any = None) -> None:
             num(r.get("rm_score")),
             win,
             num(r.get("lc_win_rate")),
+            judged,
             kl,
             num(r.get("mean_length"), ".1f"),
         )

@@ -96,3 +96,36 @@ def test_report_embeds_its_images_and_renders_in_headless_chromium(run_dir, tmp_
         timeout=120,
     )
     assert shot.stat().st_size > 10_000  # a page with plots, not a blank one
+
+
+def test_a_pairwise_judge_scores_each_stage_against_its_baseline(run_dir, capsys):
+    """`--judge`: the judge's win rate is the mean of its both-orders outcomes on the greedy answers."""
+    from rlft.config import DEFAULT_JUDGE_TEMPLATE, EvaluateConfig
+    from rlft.evaluation import greedy_completions
+    from rlft.judge import judge_pairs
+    from rlft.run_evaluation import _load, _prompt_rows
+
+    assert main(["eval", str(run_dir), "--samples", "0", "--judge", str(run_dir / "sft")]) == 0
+    assert "judge win" in capsys.readouterr().out
+    first, second = json.loads((run_dir / "eval.json").read_text())
+    assert "judge_win_rate" not in first  # no baseline, nothing to judge against
+    assert second["judge_win_rate_low"] <= second["judge_win_rate"] <= second["judge_win_rate_high"]
+    assert 0 <= second["judge_ties"] <= 8
+
+    import yaml
+
+    evaluate = EvaluateConfig.model_validate(
+        yaml.safe_load((run_dir / "pipeline.yaml").read_text())["evaluate"]
+    )
+    rows = _prompt_rows(evaluate, run_dir, evaluate.max_prompts)
+    prompts = [r["prompt"] for r in rows]
+    judge, tokenizer = _load(run_dir / "sft")
+    answers = {
+        name: greedy_completions(*_load(run_dir / name), prompts, max_new_tokens=evaluate.max_new_tokens)
+        for name in ("sft", "more")
+    }
+    judged = judge_pairs(
+        judge, tokenizer, prompts, answers["more"], answers["sft"], template=DEFAULT_JUDGE_TEMPLATE
+    )
+    assert second["judge_win_rate"] == pytest.approx(judged.outcomes.mean())
+    assert second["judge_ties"] == int((judged.outcomes == 0.5).sum())
