@@ -44,6 +44,18 @@ EVAL_COLUMNS = {
     "judge_win_rate": "judge win rate",
     "kl": "KL",
     "mean_length": "length",
+    "perplexity": "perplexity",
+    "preference_accuracy": "pref. acc.",
+    "pair_accuracy": "RM pair acc.",
+    "ece": "RM ECE",
+    "retrieval_accuracy": "retrieval@1",
+}
+RELIABILITY_COLUMNS = {
+    "low": "confidence from",
+    "high": "to",
+    "n": "pairs",
+    "confidence": "mean confidence",
+    "accuracy": "accuracy",
 }
 
 
@@ -75,6 +87,12 @@ def _run_section(run: Path) -> str:
     evaluation = read_json(run / "eval.json")
     if evaluation:
         parts += ["<h3>evaluation (rlft eval)</h3>", _table(evaluation, EVAL_COLUMNS)]
+        for row in evaluation:
+            if row.get("reliability"):
+                parts += [
+                    f"<h4>reliability of reward model {_e(row['stage'])} on held-out pairs (ECE {row['ece']:.4g})</h4>",
+                    _table(row["reliability"], RELIABILITY_COLUMNS),
+                ]
     for entry in summary:
         name, record = entry["stage"], records[entry["stage"]]
         curves = _curves(read_metrics(run / name / "metrics.jsonl"))

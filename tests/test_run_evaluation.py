@@ -129,3 +129,95 @@ def test_a_pairwise_judge_scores_each_stage_against_its_baseline(run_dir, capsys
     )
     assert second["judge_win_rate"] == pytest.approx(judged.outcomes.mean())
     assert second["judge_ties"] == int((judged.outcomes == 0.5).sum())
+
+
+RICH = """
+name: rich
+model:
+  tiny: {{hidden_size: 32, num_layers: 2, num_heads: 2, tokenizer_texts: [{d}/sft_train.jsonl, {d}/prefs_train.jsonl]}}
+tracking: {{wandb: offline, project: rlft-test}}
+evaluate: {{prompts: {d}/heldout_prompts.jsonl, reward: reward_models.tasks:uppercase_copy, max_prompts: 6, max_new_tokens: 6}}
+stages:
+  - {{name: sft, kind: sft, data: {{train: {d}/sft_train.jsonl, max_rows: 48, eval_fraction: 0.25}}, trainer: {{max_steps: 3}}}}
+  - name: rm
+    kind: reward
+    model: {{from: sft}}
+    data: {{train: {d}/prefs_train.jsonl, max_rows: 64, eval_fraction: 0.5}}
+    trainer: {{max_steps: 3, max_length: 64}}
+  - name: dpo
+    kind: dpo
+    model: {{from: sft}}
+    data: {{train: {d}/prefs_train.jsonl, max_rows: 32, eval_fraction: 0.25}}
+    max_length: 64
+    trainer: {{max_steps: 3, learning_rate: 1.0e-3}}
+"""
+
+
+@pytest.fixture(scope="module")
+def rich_run(tmp_path_factory):
+    """SFT, a reward model and DPO, each with held-out data, tracked by W&B offline."""
+    import os
+
+    from conftest import QUICKSTART_DATA
+
+    folder = tmp_path_factory.mktemp("richrun")
+    (folder / "p.yaml").write_text(RICH.format(d=QUICKSTART_DATA))
+    with pytest.MonkeyPatch.context() as env:
+        for key in [k for k in os.environ if k.startswith("WANDB_")]:  # conftest sets WANDB_MODE=disabled
+            env.delenv(key)
+        assert main(["run", str(folder / "p.yaml"), "--run-dir", str(folder / "run")]) == 0
+        rows = evaluate_run(folder / "run", samples=0)
+    return folder / "run", rows
+
+
+def test_held_out_columns_of_sft_reward_and_preference_stages(rich_run):
+    import math
+
+    run_dir, rows = rich_run
+    assert [r["stage"] for r in rows] == ["sft", "rm", "dpo"]  # in run order; the reward model has its row
+    sft, rm, dpo = rows
+    records = {r["stage"]: json.loads((run_dir / r["stage"] / "stage.json").read_text()) for r in rows}
+    assert sft["perplexity"] == pytest.approx(math.exp(records["sft"]["metrics"]["eval/loss"]))
+    assert sft["perplexity"] > 1 and "preference_accuracy" not in sft
+    assert dpo["preference_accuracy"] == records["dpo"]["metrics"]["eval/rewards/accuracies"]
+    assert dpo["judge"] == "reward model" and "task_reward" in dpo and "pair_accuracy" not in dpo
+
+    assert rm["kind"] == "reward" and "task_reward" not in rm  # measured, not generated from
+    assert rm["pair_accuracy"] == records["rm"]["metrics"]["reward_accuracy"]
+    assert rm["ece"] == records["rm"]["metrics"]["eval/rewards/ece"]
+    assert sum(b["n"] for b in rm["reliability"]) == 32  # 64 pairs, half held out
+    assert rm["ece"] == pytest.approx(
+        sum(b["n"] / 32 * abs(b["accuracy"] - b["confidence"]) for b in rm["reliability"])
+    )
+    with open(run_dir / "eval.csv") as f:
+        table = {r["stage"]: r for r in csv.DictReader(f)}
+    assert float(table["rm"]["ece"]) == pytest.approx(rm["ece"]) and "reliability" not in table["rm"]
+    assert evaluate_run(run_dir, stages=["rm"], samples=0)[0]["pair_accuracy"] == rm["pair_accuracy"]
+
+
+def test_the_evaluation_goes_to_wandb_as_tables(rich_run):
+    """The run used W&B (offline): `rlft eval` logs its table and samples as a W&B run of the same group."""
+    from test_tracking import wandb_run_contents
+
+    run_dir, rows = rich_run
+    run_files = list((run_dir / "_eval" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(run_files) == 1, run_files
+    run, config, history = wandb_run_contents(run_files[0])
+    run_id = json.loads((run_dir / "dpo" / "stage.json").read_text())["run_id"]
+    assert (run.run_group, run.job_type) == (f"rich-{run_id}", "eval")
+    assert config["stages"] == ["sft", "rm", "dpo"]
+    logged = {key: value for row in history for key, value in row.items()}
+    assert logged["eval/table/_type"] == logged["eval/samples/_type"] == "table-file"
+    assert (logged["eval/table/nrows"], logged["eval/samples/nrows"]) == (3, 12)
+    table = json.loads((run_files[0].parent / "files" / logged["eval/table/path"]).read_text())
+    assert table["columns"] == list(COLUMNS) and [r[0] for r in table["data"]] == ["sft", "rm", "dpo"]
+    samples = [
+        json.loads(line) for line in (run_dir / "_eval" / "eval_samples.jsonl").read_text().splitlines()
+    ]
+    assert [s["stage"] for s in samples] == ["sft"] * 6 + ["dpo"] * 6  # 6 prompts (max_prompts) each
+    dpo = [s for s in samples if s["stage"] == "dpo"]
+    assert all(s["baseline"] == "sft" for s in dpo)
+    assert [s["baseline_completion"] for s in dpo] == [
+        s["completion"] for s in samples if s["stage"] == "sft"
+    ]
+    assert sum(s["task_reward"] for s in dpo) / 6 == pytest.approx(rows[2]["task_reward"])
