@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--force", action="store_true", help="re-run every stage of every point")
     sweep.add_argument(
+        "--no-eval",
+        action="store_true",
+        help="do not evaluate the points (`rlft eval`) before the sweep's report (no reward-vs-KL plot then)",
+    )
+    sweep.add_argument(
         "--launch", metavar="NAME|PATH", help="accelerate config for every stage (as in rlft run)"
     )
 
@@ -380,7 +385,9 @@ folder under runs/<pipeline>-sweep/<point>/, and write one table of the final me
 (sweep.csv, sweep.json, printed). Stages a point shares with an earlier point (same config and
 inputs) are hard-linked, not trained again; reference log-probs are cached for every point.
 Keys are those of `rlft run --set`; `data.KEY` without a stage applies to every stage that trains
-on preference data (reward, dpo, kto).
+on preference data (reward, dpo, kto). Then, when the pipeline has an `evaluate:` block, every
+finished point is evaluated (`rlft eval`; --no-eval skips it), and one report over all points is
+written (report.html, summary.md in the sweep folder): reward against KL with the points' frontier.
 """
 
 SWEEP_EPILOG = """\
@@ -491,6 +498,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from_stage=args.from_stage,
         force=args.force,
         launch=args.launch,
+        evaluate=not args.no_eval,
     )
     return 0
 
@@ -507,6 +515,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         sweep_dir=args.sweep_dir,
         force=args.force,
         launch=args.launch,
+        evaluate=not args.no_eval,
     )
     return 0
 

@@ -5,8 +5,9 @@ What it shows, from what the run folders hold (nothing is recomputed):
     the pipeline       each stage in order: kind, status, what it started from, seconds, world size, data hashes
     curves             per stage, from metrics.jsonl: losses; chosen/rejected rewards and margins;
                        PPO/GRPO score, KL, entropy, beta; learning rate
-    evaluation         eval.json (`rlft eval`): the table, and reward against KL across the policy
-                       stages of every run given (several runs, e.g. a sweep's points, draw a frontier)
+    evaluation         eval.json (`rlft eval`): the table (a reward model's reliability table too), and
+                       reward against KL across the policy stages of every run given, with their Pareto
+                       frontier (several runs, e.g. a sweep's points, draw a frontier)
     samples            each stage's greedy samples (stage.json), side by side by prompt
     data               each stage's data_lengths.png and rejected-row counts (data_report.json)
 
@@ -233,11 +234,31 @@ def _frontier(runs: list[Path]) -> str:
             fmt="o",
             label=" / ".join(label),
         )
+    front = pareto_front([(p[2], p[3]) for p in points])
+    if len(front) > 1:
+        axes.step(
+            [points[i][2] for i in front],
+            [points[i][3] for i in front],
+            where="post",
+            linestyle="--",
+            color="gray",
+            label="frontier",
+        )
     axes.set_xlabel("KL from the baseline (nats per response)")
     axes.set_ylabel("reward (RM score, else task reward)")
     axes.set_title("reward against KL")
     axes.legend(fontsize=8)
     return "<h2>reward against KL</h2>" + _image(figure, "reward against KL")
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the (KL, reward) points no other point beats on both (as low a KL, as high a reward,
+    one of them strictly), by increasing KL: the best reward each KL budget buys."""
+    front: list[int] = []
+    for i in sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1])):
+        if not front or points[i][1] > points[front[-1]][1]:
+            front.append(i)
+    return front
 
 
 def _figure() -> tuple[Any, Any]:
