@@ -147,13 +147,16 @@ def evaluate_run(
                 judge=(judge_config, judge_of) if judge_config is not None else None,
             )
         )
-    if _used_wandb(run, records):
-        _log_to_wandb(run, records, results, rows=rows, greedy=greedy, verifier=verifier)
     write_json_atomic(run / "eval.json", results)
     with open(run / "eval.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(results)
+    if _used_wandb(run, records):
+        try:
+            _log_to_wandb(run, records, results, rows=rows, greedy=greedy, verifier=verifier)
+        except Exception as e:  # noqa: BLE001 - eval.json and eval.csv are written; W&B is a copy
+            logger.warning(f"evaluation not logged to W&B ({type(e).__name__}: {e}); eval.json has it all")
     return results
 
 
