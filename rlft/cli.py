@@ -498,7 +498,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         from_stage=args.from_stage,
         force=args.force,
         launch=args.launch,
-        evaluate=not args.no_eval,
     )
     return 0
 
@@ -649,11 +648,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         samples=args.samples,
         max_prompts=args.max_prompts,
         seed=args.seed,
-        judge=JudgeConfig(model=args.judge) if args.judge else None,
+        judge=JudgeConfig(model=_local_or_hub(args.judge)) if args.judge else None,
     )
     print_table(results)
     print(f"eval: {args.run_dir / 'eval.json'}, {args.run_dir / 'eval.csv'}")
     return 0
+
+
+def _local_or_hub(name: str) -> str:
+    """A folder given on the command line, made absolute (it is relative to the current directory, not to
+    the pipeline file as a config's paths are); anything else as given (a hub name)."""
+    folder = Path(name).expanduser()
+    return str(folder.resolve()) if folder.exists() else name
 
 
 def cmd_report(args: argparse.Namespace) -> int:

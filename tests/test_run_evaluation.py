@@ -98,14 +98,15 @@ def test_report_embeds_its_images_and_renders_in_headless_chromium(run_dir, tmp_
     assert shot.stat().st_size > 10_000  # a page with plots, not a blank one
 
 
-def test_a_pairwise_judge_scores_each_stage_against_its_baseline(run_dir, capsys):
+def test_a_pairwise_judge_scores_each_stage_against_its_baseline(run_dir, capsys, monkeypatch):
     """`--judge`: the judge's win rate is the mean of its both-orders outcomes on the greedy answers."""
     from rlft.config import DEFAULT_JUDGE_TEMPLATE, EvaluateConfig
     from rlft.evaluation import greedy_completions
     from rlft.judge import judge_pairs
     from rlft.run_evaluation import _load, _prompt_rows
 
-    assert main(["eval", str(run_dir), "--samples", "0", "--judge", str(run_dir / "sft")]) == 0
+    monkeypatch.chdir(run_dir)  # a folder on the command line is relative to here, not to the pipeline file
+    assert main(["eval", str(run_dir), "--samples", "0", "--judge", "./sft"]) == 0
     assert "judge win" in capsys.readouterr().out
     first, second = json.loads((run_dir / "eval.json").read_text())
     assert "judge_win_rate" not in first  # no baseline, nothing to judge against
