@@ -313,6 +313,19 @@ def _summary_md(runs: list[Path]) -> str:
                 f"| {e['stage']} | {e['kind']} | {e.get('status')} | {_cell(e.get('seconds'))} | {_cell(e.get('task_reward'))} |"
             )
         lines.append("")
+        evaluation = read_json(run / "eval.json")
+        if evaluation:  # only the columns some row has
+            shown = {
+                k: v for k, v in EVAL_COLUMNS.items() if any(row.get(k) is not None for row in evaluation)
+            }
+            lines += [
+                "evaluation (rlft eval):",
+                "",
+                "| " + " | ".join(shown.values()) + " |",
+                "| " + " | ".join("---" for _ in shown) + " |",
+                *("| " + " | ".join(_cell(row.get(k)) for k in shown) + " |" for row in evaluation),
+                "",
+            ]
     return "\n".join(lines)
 
 
