@@ -222,3 +222,46 @@ def test_the_evaluation_goes_to_wandb_as_tables(rich_run):
         s["completion"] for s in samples if s["stage"] == "sft"
     ]
     assert sum(s["task_reward"] for s in dpo) / 6 == pytest.approx(rows[2]["task_reward"])
+
+
+def test_encoders_and_reward_models_are_reported_not_generated_from():
+    """Which stages `rlft eval` generates from, and the rows it reads from stage.json for the others."""
+    from rlft.run_evaluation import _is_policy, _measured, _recorded_policy_columns, _recorded_row
+
+    encoder = {
+        "kind": "contrastive",
+        "config": {"mode": "representation"},
+        "metrics": {"retrieval/accuracy@1": 0.62, "retrieval/mrr": 0.7, "eval/loss": 1.1},
+    }
+    cpo = {
+        "kind": "contrastive",
+        "config": {"mode": "preference"},
+        "metrics": {"eval/rewards/accuracies": 0.8},
+    }
+    reward = {
+        "kind": "reward",
+        "config": {},
+        "metrics": {"reward_accuracy": 0.9},
+    }  # before calibration was kept
+    assert [(_is_policy(r), _measured(r)) for r in (encoder, cpo, reward)] == [
+        (False, True),
+        (True, False),
+        (False, True),
+    ]
+    assert _recorded_row("emb", encoder) == {
+        "stage": "emb",
+        "kind": "contrastive",
+        "baseline": None,
+        "retrieval_accuracy": 0.62,
+        "retrieval_mrr": 0.7,
+    }
+    assert _recorded_row("rm", reward) == {
+        "stage": "rm",
+        "kind": "reward",
+        "baseline": None,
+        "pair_accuracy": 0.9,
+    }
+    assert _recorded_policy_columns("contrastive", cpo) == {"preference_accuracy": 0.8}
+    assert (
+        _recorded_policy_columns("dpo", {"metrics": {"eval/loss": 0.7}}) == {}
+    )  # a DPO loss is no perplexity
