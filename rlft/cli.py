@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--force", action="store_true", help="re-run every stage of every point")
     sweep.add_argument(
+        "--no-eval",
+        action="store_true",
+        help="do not evaluate the points (`rlft eval`) before the sweep's report (no reward-vs-KL plot then)",
+    )
+    sweep.add_argument(
         "--launch", metavar="NAME|PATH", help="accelerate config for every stage (as in rlft run)"
     )
 
@@ -228,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--seed", type=int, default=0, help="seeds the samples and the bootstrap (default 0)"
     )
+    evaluate.add_argument(
+        "--judge",
+        metavar="MODEL",
+        help="a pairwise LLM judge (a folder or hub name; default template and labels A/B), instead of "
+        "the pipeline's evaluate.judge: adds judge_win_rate",
+    )
 
     report = sub.add_parser(
         "report",
@@ -316,7 +327,9 @@ Measure every policy stage of a finished run on the pipeline's held-out prompts 
 block): the verifier's mean reward on greedy completions and on seeded samples, the run's reward
 model's mean score, the win rate against a baseline stage (the stage each one started from, or
 --against; judged by the reward model, else the verifier; ties apart, a 95% bootstrap interval and
-the length-controlled variant), and the KL from that baseline on the stage's own samples. Writes
+the length-controlled variant), with a pairwise LLM judge (evaluate.judge or --judge) the judge's win
+rate against that baseline (both orders; a tie when they disagree), and the KL from that baseline on
+the stage's own samples. Writes
 RUN_DIR/eval.json and RUN_DIR/eval.csv and prints one table.
 """
 
@@ -324,6 +337,7 @@ EVAL_EPILOG = """\
 Examples:
   rlft eval runs/quickstart
   rlft eval runs/quickstart --stages dpo ppo --against sft --samples 8
+  rlft eval runs/quickstart --judge ~/models/SmolLM2-135M-Instruct
 """
 
 GENERATE_DESCRIPTION = """\
@@ -371,7 +385,9 @@ folder under runs/<pipeline>-sweep/<point>/, and write one table of the final me
 (sweep.csv, sweep.json, printed). Stages a point shares with an earlier point (same config and
 inputs) are hard-linked, not trained again; reference log-probs are cached for every point.
 Keys are those of `rlft run --set`; `data.KEY` without a stage applies to every stage that trains
-on preference data (reward, dpo, kto).
+on preference data (reward, dpo, kto). Then, when the pipeline has an `evaluate:` block, every
+finished point is evaluated (`rlft eval`; --no-eval skips it), and one report over all points is
+written (report.html, summary.md in the sweep folder): reward against KL with the points' frontier.
 """
 
 SWEEP_EPILOG = """\
@@ -498,6 +514,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         sweep_dir=args.sweep_dir,
         force=args.force,
         launch=args.launch,
+        evaluate=not args.no_eval,
     )
     return 0
 
@@ -621,6 +638,7 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from rlft.config import JudgeConfig
     from rlft.run_evaluation import evaluate_run, print_table
 
     results = evaluate_run(
@@ -630,10 +648,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         samples=args.samples,
         max_prompts=args.max_prompts,
         seed=args.seed,
+        judge=JudgeConfig(model=_local_or_hub(args.judge)) if args.judge else None,
     )
     print_table(results)
     print(f"eval: {args.run_dir / 'eval.json'}, {args.run_dir / 'eval.csv'}")
     return 0
+
+
+def _local_or_hub(name: str) -> str:
+    """A folder given on the command line, made absolute (it is relative to the current directory, not to
+    the pipeline file as a config's paths are); anything else as given (a hub name)."""
+    folder = Path(name).expanduser()
+    return str(folder.resolve()) if folder.exists() else name
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -1,5 +1,6 @@
 """Comparing two policies on the same prompts: win rate with a bootstrap interval, its length-controlled
-variant, and the sequence-level KL between a policy and its reference. Pure functions on numbers.
+variant, the sequence-level KL between a policy and its reference, and the calibration of a reward
+model on held-out pairs. Pure functions on numbers.
 
 Letters: N prompts (or samples); for each, `a` is the evaluated policy's score and `b` the
 baseline's (a reward model's score, a reward function's value, or a judge's verdict), and `len_a`,
@@ -11,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -141,3 +143,54 @@ def both_orders(first: Sequence[int], second: Sequence[int]) -> np.ndarray:
     a_first = first == 0  # a won when shown first
     a_second = second == 1  # a won when shown second
     return np.where(a_first == a_second, a_first.astype(float), 0.5)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How well a pairwise model's probabilities match how often it is right. `ece` is the expected
+    calibration error; `bins` the reliability table: per confidence bin [low, high), its pairs `n`,
+    mean `confidence` and `accuracy` (empty bins left out)."""
+
+    ece: float
+    n: int
+    bins: list[dict[str, float | int]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def calibration(margins: Sequence[float], *, bins: int = 10) -> Calibration:
+    """Calibration of a Bradley-Terry reward model on held-out pairs, from each pair's margin
+    r(chosen) - r(rejected): the model says P(chosen is preferred) = σ(margin).
+
+    Top-label calibration (Guo et al. 2017, "On Calibration of Modern Neural Networks", eq. 3): each
+    pair's confidence is max(σ(m), 1 - σ(m)) in [0.5, 1], and the model is right when it favours the
+    chosen answer (m > 0; m = 0 counts half). The confidences are put in `bins` equal-width bins over
+    [0.5, 1], and ECE = Σ_b (n_b / N) |accuracy_b - confidence_b|: 0 when a model 80% sure is right
+    80% of the time.
+    """
+    m = np.asarray(margins, dtype=float)
+    if m.ndim != 1 or len(m) == 0:
+        raise ValueError("calibration: one margin per held-out pair")
+    p = 0.5 * (1 + np.tanh(m / 2))  # σ(m), without overflow
+    confidence = np.maximum(p, 1 - p)  # (N,)
+    correct = np.where(m == 0, 0.5, (m > 0).astype(float))  # (N,)
+    width = 0.5 / bins
+    which = np.minimum(((confidence - 0.5) / width).astype(int), bins - 1)  # (N,) bin index
+    table, ece = [], 0.0
+    for b in range(bins):
+        inside = which == b
+        if not inside.any():
+            continue
+        conf, acc = float(confidence[inside].mean()), float(correct[inside].mean())
+        ece += inside.sum() / len(m) * abs(acc - conf)
+        table.append(
+            {
+                "low": 0.5 + b * width,
+                "high": 0.5 + (b + 1) * width,
+                "n": int(inside.sum()),
+                "confidence": conf,
+                "accuracy": acc,
+            }
+        )
+    return Calibration(ece=float(ece), n=len(m), bins=table)

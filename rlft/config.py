@@ -163,6 +163,59 @@ class TrackingConfig(Strict):
         return self
 
 
+DEFAULT_JUDGE_TEMPLATE = """Which answer to the request is better: more correct, more helpful, following the request exactly?
+
+Request:
+{prompt}
+
+Answer A:
+{first}
+
+Answer B:
+{second}
+
+Reply with one letter: A or B."""
+
+
+class JudgeConfig(Strict):
+    """A pairwise LLM judge for `rlft eval` (rlft/judge.py): asked which of two answers is better, in both
+    orders; decided by its next-token log-probs of the two labels (no sampling); a tie when the orders disagree."""
+
+    model: ModelSource = Field(
+        description="the judge: any causal LM a model source loads ({path: ...}, a hub name, {package: ...}, {from: STAGE})"
+    )
+    template: str = Field(
+        DEFAULT_JUDGE_TEMPLATE,
+        description="the question, with {prompt}, {first} and {second} (the answers as shown); it should ask for one of `labels`. Write other braces twice: {{ }}",
+    )
+    labels: tuple[str, str] = Field(
+        ("A", "B"),
+        description="what the judge answers for the first / the second answer; the log-probs of their first tokens decide",
+    )
+    chat_template: bool = Field(
+        True,
+        description="send the question as a user turn through the judge's chat template (when it has one); false: as plain text",
+    )
+    batch_size: int = Field(8, gt=0, description="questions per forward pass of the judge")
+
+    @model_validator(mode="after")
+    def _template_and_labels(self) -> JudgeConfig:
+        marks = {name: f"\x00{name}\x00" for name in ("prompt", "first", "second")}
+        try:
+            filled = self.template.format(**marks)
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(
+                f"judge.template: cannot fill it in ({type(e).__name__}: {e}); use only {{prompt}}, {{first}} "
+                "and {second}, and write any other brace twice"
+            ) from None
+        missing = [name for name, mark in marks.items() if mark not in filled]
+        if missing:
+            raise ValueError(f"judge.template: has no {', '.join('{' + m + '}' for m in missing)}")
+        if not all(label.strip() for label in self.labels) or self.labels[0] == self.labels[1]:
+            raise ValueError(f"judge.labels: two different, non-empty labels, got {list(self.labels)}")
+        return self
+
+
 class EvaluateConfig(Strict):
     """The verifiable task reward of greedy generations, measured on held-out prompts after each stage."""
 
@@ -175,6 +228,10 @@ class EvaluateConfig(Strict):
     max_new_tokens: int = Field(32, gt=0, description="generation budget per prompt")
     batch_size: int = Field(64, gt=0, description="prompts generated at once")
     max_prompts: int | None = Field(None, gt=0, description="evaluate on the first N prompts only")
+    judge: JudgeConfig | None = Field(
+        None,
+        description="a pairwise LLM judge for `rlft eval`: each stage's answers against its baseline's (judge_win_rate)",
+    )
 
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"

@@ -389,7 +389,8 @@ def stage_fingerprint(
     )
     hashed = {
         "stage": stage.hashed_config(),
-        "evaluate": pipeline.config.evaluate.model_dump() if evaluates else None,
+        # the judge only serves `rlft eval`: adding one must not make finished stages stale
+        "evaluate": pipeline.config.evaluate.model_dump(exclude={"judge"}) if evaluates else None,
     }
     inputs: dict[str, Any] = {}
     for key in type(stage).model_fields:

@@ -5,8 +5,9 @@ What it shows, from what the run folders hold (nothing is recomputed):
     the pipeline       each stage in order: kind, status, what it started from, seconds, world size, data hashes
     curves             per stage, from metrics.jsonl: losses; chosen/rejected rewards and margins;
                        PPO/GRPO score, KL, entropy, beta; learning rate
-    evaluation         eval.json (`rlft eval`): the table, and reward against KL across the policy
-                       stages of every run given (several runs, e.g. a sweep's points, draw a frontier)
+    evaluation         eval.json (`rlft eval`): the table (a reward model's reliability table too), and
+                       reward against KL across the policy stages of every run given, with their Pareto
+                       frontier (several runs, e.g. a sweep's points, draw a frontier)
     samples            each stage's greedy samples (stage.json), side by side by prompt
     data               each stage's data_lengths.png and rejected-row counts (data_report.json)
 
@@ -41,8 +42,21 @@ EVAL_COLUMNS = {
     "rm_score": "RM score",
     "win_rate": "win rate",
     "lc_win_rate": "LC win rate",
+    "judge_win_rate": "judge win rate",
     "kl": "KL",
     "mean_length": "length",
+    "perplexity": "perplexity",
+    "preference_accuracy": "pref. acc.",
+    "pair_accuracy": "RM pair acc.",
+    "ece": "RM ECE",
+    "retrieval_accuracy": "retrieval@1",
+}
+RELIABILITY_COLUMNS = {
+    "low": "confidence from",
+    "high": "to",
+    "n": "pairs",
+    "confidence": "mean confidence",
+    "accuracy": "accuracy",
 }
 
 
@@ -74,6 +88,12 @@ def _run_section(run: Path) -> str:
     evaluation = read_json(run / "eval.json")
     if evaluation:
         parts += ["<h3>evaluation (rlft eval)</h3>", _table(evaluation, EVAL_COLUMNS)]
+        for row in evaluation:
+            if row.get("reliability"):
+                parts += [
+                    f"<h4>reliability of reward model {_e(row['stage'])} on held-out pairs (ECE {row['ece']:.4g})</h4>",
+                    _table(row["reliability"], RELIABILITY_COLUMNS),
+                ]
     for entry in summary:
         name, record = entry["stage"], records[entry["stage"]]
         curves = _curves(read_metrics(run / name / "metrics.jsonl"))
@@ -214,11 +234,31 @@ def _frontier(runs: list[Path]) -> str:
             fmt="o",
             label=" / ".join(label),
         )
+    front = pareto_front([(p[2], p[3]) for p in points])
+    if len(front) > 1:
+        axes.step(
+            [points[i][2] for i in front],
+            [points[i][3] for i in front],
+            where="post",
+            linestyle="--",
+            color="gray",
+            label="frontier",
+        )
     axes.set_xlabel("KL from the baseline (nats per response)")
     axes.set_ylabel("reward (RM score, else task reward)")
     axes.set_title("reward against KL")
     axes.legend(fontsize=8)
     return "<h2>reward against KL</h2>" + _image(figure, "reward against KL")
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the (KL, reward) points no other point beats on both (as low a KL, as high a reward,
+    one of them strictly), by increasing KL: the best reward each KL budget buys."""
+    front: list[int] = []
+    for i in sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1])):
+        if not front or points[i][1] > points[front[-1]][1]:
+            front.append(i)
+    return front
 
 
 def _figure() -> tuple[Any, Any]:
@@ -273,6 +313,19 @@ def _summary_md(runs: list[Path]) -> str:
                 f"| {e['stage']} | {e['kind']} | {e.get('status')} | {_cell(e.get('seconds'))} | {_cell(e.get('task_reward'))} |"
             )
         lines.append("")
+        evaluation = read_json(run / "eval.json")
+        if evaluation:  # only the columns some row has
+            shown = {
+                k: v for k, v in EVAL_COLUMNS.items() if any(row.get(k) is not None for row in evaluation)
+            }
+            lines += [
+                "evaluation (rlft eval):",
+                "",
+                "| " + " | ".join(shown.values()) + " |",
+                "| " + " | ".join("---" for _ in shown) + " |",
+                *("| " + " | ".join(_cell(row.get(k)) for k in shown) + " |" for row in evaluation),
+                "",
+            ]
     return "\n".join(lines)
 
 

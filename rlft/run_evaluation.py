@@ -9,7 +9,16 @@ pipeline's `evaluate:` prompts:
                      the greedy completions judged by the reward model (else the verifier); ties
                      apart, a 95% bootstrap interval, and the length-controlled variant
     KL               KL(stage || baseline) in nats per response on the stage's own samples, ± its standard error
+    judge            with `evaluate.judge` (or --judge): a pairwise LLM judge's win rate of the greedy
+                     completions against the baseline's, each pair asked in both orders (a tie when the
+                     orders disagree), with its bootstrap interval (rlft.judge)
     length           mean characters of the greedy completions
+    held out         what the stage measured on its own held-out data at its end (stage.json): an SFT
+                     stage's perplexity on its eval split, a preference stage's preference accuracy
+
+Reward models get a row of their own (held-out pairwise accuracy, and the ECE of σ(margin) with its
+reliability table in eval.json), and so do encoders (contrastive representation mode: retrieval
+accuracy@1 and MRR), from their stage.json.
 
 Written to `RUN_DIR/eval.json` and `RUN_DIR/eval.csv`, and printed as one table. The numbers come
 from rlft.evaluation (generation, KL) and rlft.comparisons (win rates); this module picks the
@@ -21,13 +30,14 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from rlft.artifacts import read_json, write_json_atomic
-from rlft.config import EvaluateConfig
+from rlft.config import EvaluateConfig, JudgeConfig
 from rlft.errors import ConfigError, RlftError
 
 logger = logging.getLogger(__name__)
@@ -48,9 +58,19 @@ COLUMNS = (
     "losses",
     "lc_win_rate",
     "judge",
+    "judge_win_rate",
+    "judge_win_rate_low",
+    "judge_win_rate_high",
+    "judge_ties",
     "kl",
     "kl_stderr",
     "mean_length",
+    "perplexity",
+    "preference_accuracy",
+    "pair_accuracy",
+    "ece",
+    "retrieval_accuracy",
+    "retrieval_mrr",
 )
 
 
@@ -62,18 +82,19 @@ def evaluate_run(
     samples: int = 4,
     max_prompts: int | None = None,
     seed: int = 0,
+    judge: JudgeConfig | None = None,
 ) -> list[dict[str, Any]]:
     """Measure the policy stages of a finished run (all, or `stages`); returns one row per stage
-    (COLUMNS) and writes eval.json and eval.csv into the run folder."""
+    (COLUMNS) and writes eval.json and eval.csv into the run folder. `judge` replaces the pipeline's
+    `evaluate.judge`."""
     from reward_models.loading import RewardLoadError, load_function
 
     run = Path(run_dir)
     records = _finished_stages(run)
-    policies = [
-        name for name, r in records.items() if r.get("has_model", True) and r["kind"] not in NOT_POLICIES
-    ]
+    policies = [name for name, r in records.items() if _is_policy(r)]
+    measured = [name for name, r in records.items() if _measured(r)]  # reward models, encoders
     for name in [*(stages or []), *([against] if against else [])]:
-        if name not in policies:
+        if name not in policies and (name == against or name not in measured):
             raise ConfigError(
                 f"{run}: no finished policy stage {name!r} to evaluate (finished: {', '.join(policies) or 'none'})"
             )
@@ -86,6 +107,13 @@ def evaluate_run(
     rows = _prompt_rows(evaluate, base_dir, max_prompts or evaluate.max_prompts)
     reward_model = _reward_model(run, records)
     options = {"max_new_tokens": evaluate.max_new_tokens, "batch_size": evaluate.batch_size}
+    judge_config = judge or evaluate.judge
+    judges: list[Any] = []  # the judge's (model, tokenizer), loaded when first needed
+
+    def judge_of() -> tuple[Any, Any]:
+        if not judges:
+            judges.append(_load_judge(judge_config, run, base_dir, records))
+        return judges[0]
 
     greedy: dict[str, list[str]] = {}  # stage -> greedy completions, kept for the baselines
 
@@ -97,7 +125,10 @@ def evaluate_run(
         return greedy[name]
 
     results = []
-    for name in stages or policies:
+    for name in stages or [n for n in records if n in policies or n in measured]:
+        if name in measured:
+            results.append(_recorded_row(name, records[name]))
+            continue
         logger.info(f"evaluating stage {name} on {len(rows)} prompts")
         baseline = against or _started_from(records[name], policies)
         results.append(
@@ -113,6 +144,7 @@ def evaluate_run(
                 samples=samples,
                 seed=seed,
                 options=options,
+                judge=(judge_config, judge_of) if judge_config is not None else None,
             )
         )
     write_json_atomic(run / "eval.json", results)
@@ -120,6 +152,11 @@ def evaluate_run(
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(results)
+    if _used_wandb(run, records):
+        try:
+            _log_to_wandb(run, records, results, rows=rows, greedy=greedy, verifier=verifier)
+        except Exception as e:  # noqa: BLE001 - eval.json and eval.csv are written; W&B is a copy
+            logger.warning(f"evaluation not logged to W&B ({type(e).__name__}: {e}); eval.json has it all")
     return results
 
 
@@ -136,6 +173,7 @@ def _evaluate_stage(
     samples: int,
     seed: int,
     options: dict[str, int],
+    judge: tuple[JudgeConfig, Any] | None = None,
 ) -> dict[str, Any]:
     from rlft.comparisons import length_controlled_win_rate, outcomes, win_rate
     from rlft.evaluation import sampled_completions, sampled_kl
@@ -146,6 +184,7 @@ def _evaluate_stage(
     greedy = completions_of(name, model, tokenizer)
     task = [float(x) for x in verifier(prompts, greedy, **fields)]
     row: dict[str, Any] = {"stage": name, "kind": kind, "baseline": baseline}
+    row |= _recorded_policy_columns(kind, read_json(run / name / "stage.json") or {})
     row["task_reward"] = sum(task) / len(task)
     row["mean_length"] = sum(len(c) for c in greedy) / len(greedy)
     if samples > 0:
@@ -179,6 +218,8 @@ def _evaluate_stage(
                 outcomes(judge_scores, base_scores), [len(c) for c in greedy], [len(c) for c in base_greedy]
             ),
         }
+        if judge is not None:
+            row |= _judge_columns(judge[0], *judge[1](), prompts, greedy, base_greedy, seed=seed)
         if base_tokenizer.get_vocab() == tokenizer.get_vocab():
             kl = sampled_kl(
                 model,
@@ -191,6 +232,175 @@ def _evaluate_stage(
             )
             row |= {"kl": kl.mean, "kl_stderr": kl.stderr}
     return row
+
+
+SAMPLES_LOGGED = 20  # prompts per stage in the W&B samples table
+
+
+def _used_wandb(run: Path, records: dict[str, dict[str, Any]]) -> bool:
+    """Whether the run logged to W&B: a stage folder keeps its W&B run (wandb/)."""
+    return any((run / name / "wandb").is_dir() for name in records)
+
+
+def _log_to_wandb(
+    run: Path,
+    records: dict[str, dict[str, Any]],
+    results: list[dict[str, Any]],
+    *,
+    rows: list[dict[str, Any]],
+    greedy: dict[str, list[str]],
+    verifier: Any,
+) -> None:
+    """One more W&B run in the pipeline run's group (job_type `eval`, files in RUN_DIR/_eval/): the
+    evaluation table as `eval/table`, and the greedy completions of every evaluated stage beside its
+    baseline's as `eval/samples` (the first SAMPLES_LOGGED prompts). Mode and project are the run's
+    `tracking:` (WANDB_MODE overrides, as for the stages); both tables also go to RUN_DIR/_eval/*.jsonl."""
+    from rlft.config import TrackingConfig
+    from rlft.judge import prompt_text
+    from rlft.tracking import Tracker
+
+    raw = yaml.safe_load((run / "pipeline.yaml").read_text()) or {}
+    tracking = TrackingConfig.model_validate(raw.get("tracking") or {})
+    run_ids = [r["run_id"] for r in records.values() if r.get("run_id")]
+    tracker = Tracker(run / "_eval" / "metrics.jsonl", log_dir=run / "_eval")
+    mode = tracker.start_wandb(
+        tracking,
+        pipeline=raw.get("name", run.name),
+        run_id=run_ids[-1] if run_ids else "eval",
+        stage="eval",
+        kind="eval",
+        config={"run_dir": str(run), "stages": [r["stage"] for r in results]},
+    )
+    if mode == "disabled":
+        return
+    for stale in ("metrics.jsonl", "eval_table.jsonl", "eval_samples.jsonl"):  # the last evaluation's
+        (run / "_eval" / stale).unlink(missing_ok=True)
+    shown = rows[:SAMPLES_LOGGED]
+    prompts = [r["prompt"] for r in shown]
+    fields = {k: [r.get(k) for r in shown] for k in shown[0] if k != "prompt"}
+    samples = []
+    for result in results:
+        name, baseline = result["stage"], result.get("baseline")
+        if name not in greedy:
+            continue
+        completions = greedy[name][: len(shown)]
+        rewards = [float(x) for x in verifier(prompts, completions, **fields)]
+        for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
+            samples.append(
+                {
+                    "stage": name,
+                    "prompt": prompt_text(prompt),
+                    "completion": completion,
+                    "task_reward": rewards[i],
+                    "baseline": baseline,
+                    "baseline_completion": greedy[baseline][i] if baseline in greedy else None,
+                }
+            )
+    table = [{column: result.get(column) for column in COLUMNS} for result in results]
+    tracker.log_table("eval/table", table, step=0)
+    tracker.log_table("eval/samples", samples, step=0)
+    tracker.finish({f"eval/{r['stage']}/{k}": v for r in table for k, v in r.items() if _number(v)})
+    logger.info(f"evaluation logged to W&B ({mode}; files in {run / '_eval'})")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_policy(record: dict[str, Any]) -> bool:
+    """A stage whose artifact generates: not a reward model, an encoder (contrastive representation
+    mode) or a measurement."""
+    mode = (record.get("config") or {}).get("mode")
+    return record.get("has_model", True) and record["kind"] not in NOT_POLICIES and mode != "representation"
+
+
+def _measured(record: dict[str, Any]) -> bool:
+    """A stage `rlft eval` reports from what it measured at its end: a reward model or an encoder."""
+    return record["kind"] == "reward" or (record.get("config") or {}).get("mode") == "representation"
+
+
+def _recorded_row(name: str, record: dict[str, Any]) -> dict[str, Any]:
+    """A reward model's held-out pairwise accuracy and calibration (ECE, with the reliability table in
+    eval.json), or an encoder's held-out retrieval: what the stage measured at its end (stage.json)."""
+    metrics, info = record.get("metrics") or {}, record.get("info") or {}
+    row: dict[str, Any] = {"stage": name, "kind": record["kind"], "baseline": None}
+    found = {
+        "pair_accuracy": metrics.get("reward_accuracy"),
+        "ece": metrics.get("eval/rewards/ece"),
+        "reliability": (info.get("calibration") or {}).get("bins"),
+        "retrieval_accuracy": metrics.get("retrieval/accuracy@1"),
+        "retrieval_mrr": metrics.get("retrieval/mrr"),
+    }
+    return row | {k: v for k, v in found.items() if v is not None}
+
+
+def _recorded_policy_columns(kind: str, record: dict[str, Any]) -> dict[str, Any]:
+    """From a policy stage's own held-out measurements (stage.json): an SFT stage's perplexity on its
+    eval split, exp(mean token NLL); a preference stage's held-out preference accuracy (the share of
+    eval pairs whose chosen answer it ranks above the rejected: DPO, KTO, CPO/SimPO)."""
+    metrics = record.get("metrics") or {}
+    row: dict[str, Any] = {}
+    if kind == "sft" and isinstance(metrics.get("eval/loss"), int | float):
+        row["perplexity"] = math.exp(metrics["eval/loss"])
+    if isinstance(metrics.get("eval/rewards/accuracies"), int | float):
+        row["preference_accuracy"] = metrics["eval/rewards/accuracies"]
+    return row
+
+
+def _judge_columns(
+    config: JudgeConfig,
+    model: Any,
+    tokenizer: Any,
+    prompts: list[Any],
+    answers: list[str],
+    baseline_answers: list[str],
+    *,
+    seed: int,
+) -> dict[str, Any]:
+    """The judge's win rate of `answers` against `baseline_answers` (both orders; ties apart)."""
+    from rlft.comparisons import win_rate
+    from rlft.judge import judge_pairs
+
+    judged = judge_pairs(
+        model,
+        tokenizer,
+        prompts,
+        answers,
+        baseline_answers,
+        template=config.template,
+        labels=config.labels,
+        chat_template=config.chat_template,
+        batch_size=config.batch_size,
+    )
+    won = win_rate(
+        judged.outcomes, [0.5] * len(prompts), seed=seed
+    )  # outcome 1 / 0.5 / 0 -> win / tie / loss
+    return {
+        "judge_win_rate": won.rate,
+        "judge_win_rate_low": won.low,
+        "judge_win_rate_high": won.high,
+        "judge_ties": won.ties,
+    }
+
+
+def _load_judge(config: JudgeConfig, run: Path, base_dir: Path, records: dict[str, Any]) -> tuple[Any, Any]:
+    import torch
+
+    from rlft.models.loading import load_causal_lm, load_tokenizer, resolve_source
+
+    resolved = resolve_source(
+        config.model,
+        model_paths={name: str(run / name) for name in records},
+        run_dir=run,
+        base_dir=base_dir,
+        key="evaluate.judge.model",
+    )
+    logger.info(f"judge: {resolved.description}")
+    tokenizer, _ = load_tokenizer(resolved)
+    model = load_causal_lm(resolved, dtype=config.model.dtype, tokenizer=tokenizer)
+    if torch.cuda.is_available():
+        model.to("cuda")
+    return model, tokenizer
 
 
 def print_table(results: list[dict[str, Any]], *, console: Any = None) -> None:
@@ -207,8 +417,10 @@ def print_table(results: list[dict[str, Any]], *, console: Any = None) -> None:
         "RM score",
         "win rate [95% CI]",
         "LC win",
+        "judge win [95% CI]",
         "KL ± se",
         "length",
+        "held out",
     ):
         table.add_column(col, justify="left" if col in ("stage", "baseline") else "right", no_wrap=True)
 
@@ -221,6 +433,11 @@ def print_table(results: list[dict[str, Any]], *, console: Any = None) -> None:
             if "win_rate" in r
             else "-"
         )
+        judged = (
+            f"{r['judge_win_rate']:.3f} [{r['judge_win_rate_low']:.2f}, {r['judge_win_rate_high']:.2f}]"
+            if "judge_win_rate" in r
+            else "-"
+        )
         kl = f"{r['kl']:.3f} ± {r['kl_stderr']:.3f}" if "kl" in r else "-"
         table.add_row(
             r["stage"],
@@ -230,10 +447,24 @@ def print_table(results: list[dict[str, Any]], *, console: Any = None) -> None:
             num(r.get("rm_score")),
             win,
             num(r.get("lc_win_rate")),
+            judged,
             kl,
             num(r.get("mean_length"), ".1f"),
+            _held_out(r),
         )
     console.print(table)
+
+
+def _held_out(row: dict[str, Any]) -> str:
+    """The row's own held-out measurements, in a few words (perplexity, accuracies, ECE, retrieval)."""
+    shown = (
+        ("perplexity", "ppl", ".2f"),
+        ("preference_accuracy", "pref acc", ".3f"),
+        ("pair_accuracy", "pair acc", ".3f"),
+        ("ece", "ECE", ".3f"),
+        ("retrieval_accuracy", "R@1", ".3f"),
+    )
+    return ", ".join(f"{label} {row[key]:{spec}}" for key, label, spec in shown if key in row) or "-"
 
 
 def _finished_stages(run: Path) -> dict[str, dict[str, Any]]:

@@ -12,6 +12,8 @@ level (`seed`, ...). Several `--grid`s make the product of their values, the fir
       cache/          cached reference log-probs, shared by every point (RLFT_CACHE_DIR)
       sweep.csv       one row per point: its grid values and final metrics
       sweep.json      the same, with each point's folder and stage statuses
+      report.html     `rlft report` over every finished point: reward against KL across the points
+                      (with their Pareto frontier), each point's lineage, curves and evaluation; summary.md
 
 Points run one after another. Nothing is trained twice: a stage of a point whose config and inputs
 equal those of a stage finished in an earlier point (the test `rlft run` uses to skip) is
@@ -21,6 +23,10 @@ and the reward model and DPO once per fraction. One folder per point (rather tha
 unique upstream config) keeps every point a complete, ordinary run that `rlft run` can resume or
 extend, at the cost of links. Because the points share one cache and their upstream artifacts
 (same content, same hash), a β or loss sweep computes the reference log-probs once.
+
+When the pipeline has an `evaluate:` block, each finished point is evaluated (`rlft eval`, two
+samples per prompt; `--no-eval` skips it) before the report, so that the report can place every
+point's policies by reward and KL from their baseline.
 
 The table has a column per grid key and, for each stage the grid changes (a stage a key
 addresses, or one that starts from such a stage), its final metrics: task_reward,
@@ -153,8 +159,11 @@ def run_sweep(
     force: bool = False,
     launch: str | None = None,
     console: Any = None,
+    evaluate: bool = True,
 ) -> list[Point]:
-    """Run every point of `grid` over the pipeline at `path`; write sweep.csv and sweep.json; print the table.
+    """Run every point of `grid` over the pipeline at `path`; write sweep.csv and sweep.json; print the
+    table; evaluate the finished points (`evaluate`, when the pipeline has an `evaluate:` block) and write
+    one report over them.
 
     Every point's config is validated before the first one runs. A failed point is recorded and
     the sweep goes on; RlftError is raised at the end if any point failed.
@@ -210,12 +219,39 @@ def run_sweep(
     columns = table_columns(todo, changed)
     write_table(root, todo, list(grid), columns)
     print_table(console, todo, list(grid), columns, root)
+    done = [p for p in todo if p.status == "done"]
+    if done:
+        _report(root, done, evaluate=evaluate and base.config.evaluate is not None, console=console)
     failed = [p.name for p in todo if p.status == "failed"]
     if failed:
         raise RlftError(
             f"{len(failed)} of {len(todo)} sweep points failed: {', '.join(failed)} (see their logs)"
         )
     return todo
+
+
+def _report(root: Path, done: list[Point], *, evaluate: bool, console: Any) -> None:
+    """Evaluate the finished points (when asked) and write root/report.html over them. The points'
+    stages are done and kept whatever happens here, so a failure is a warning, as after `rlft run`."""
+    import logging
+
+    from rlft.report import write_report
+    from rlft.run_evaluation import evaluate_run
+
+    try:
+        for point in done:
+            if evaluate:
+                console.print(f"evaluating sweep point {point.name}")
+                evaluate_run(point.run_dir, samples=2)
+        console.print(
+            f"sweep report: {write_report([p.run_dir for p in done], out=root / 'report.html')}",
+            soft_wrap=True,
+        )
+    except Exception as e:  # noqa: BLE001 - the sweep's runs stand; say what to run by hand
+        logging.getLogger(__name__).warning(
+            f"sweep report not written ({type(e).__name__}: {e}); "
+            f"try `rlft eval` on each point, then `rlft report {' '.join(str(p.run_dir) for p in done)} --out {root / 'report.html'}`"
+        )
 
 
 def table_columns(todo: list[Point], changed: list[str]) -> list[tuple[str, str]]:

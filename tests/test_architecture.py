@@ -48,6 +48,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "rlft.multitask",
             "rlft.evaluation",
             "rlft.comparisons",
+            "rlft.judge",
             "rlft.tasks",
             "rlft.tasks.",
             "reward_models",

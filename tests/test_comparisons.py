@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from rlft.comparisons import both_orders, length_controlled_win_rate, outcomes, sequence_kl, win_rate
+from rlft.comparisons import (
+    both_orders,
+    calibration,
+    length_controlled_win_rate,
+    outcomes,
+    sequence_kl,
+    win_rate,
+)
 
 
 def test_win_rate_counts_wins_ties_and_losses():
@@ -66,3 +73,21 @@ def test_a_position_biased_judge_gives_ties_when_asked_both_ways():
     assert both_orders([0, 0, 0], [0, 0, 0]).tolist() == [0.5, 0.5, 0.5]
     # A judge that really prefers a picks it in both orders; one that prefers b, b in both.
     assert both_orders([0, 1], [1, 0]).tolist() == [1.0, 0.0]
+
+
+def test_calibration_by_hand():
+    ln3, ln19 = np.log(3), np.log(19)  # σ = 0.75 and 0.95
+    got = calibration([ln3, ln3, ln3, -ln3, ln19, ln19, -ln19, 0.0], bins=5)
+    # [0.5, 0.6): the tie, sure 0.5 and half right; [0.7, 0.8): 3 of 4 right at 0.75; [0.9, 1]: 2 of 3 at 0.95
+    assert [(b["low"], b["n"]) for b in got.bins] == [
+        (0.5, 1),
+        (pytest.approx(0.7), 4),
+        (pytest.approx(0.9), 3),
+    ]
+    assert [b["accuracy"] for b in got.bins] == pytest.approx([0.5, 0.75, 2 / 3])
+    assert [b["confidence"] for b in got.bins] == pytest.approx([0.5, 0.75, 0.95])
+    assert got.ece == pytest.approx(3 / 8 * (0.95 - 2 / 3)) and got.n == 8
+    assert calibration([60.0, 80.0, 1e6]).ece == pytest.approx(0.0)  # sure and right, without overflow
+    assert calibration([-60.0, -80.0]).ece == pytest.approx(1.0)  # sure and wrong
+    with pytest.raises(ValueError, match="one margin per held-out pair"):
+        calibration([])

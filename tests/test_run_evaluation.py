@@ -96,3 +96,172 @@ def test_report_embeds_its_images_and_renders_in_headless_chromium(run_dir, tmp_
         timeout=120,
     )
     assert shot.stat().st_size > 10_000  # a page with plots, not a blank one
+
+
+def test_a_pairwise_judge_scores_each_stage_against_its_baseline(run_dir, capsys, monkeypatch):
+    """`--judge`: the judge's win rate is the mean of its both-orders outcomes on the greedy answers."""
+    from rlft.config import DEFAULT_JUDGE_TEMPLATE, EvaluateConfig
+    from rlft.evaluation import greedy_completions
+    from rlft.judge import judge_pairs
+    from rlft.run_evaluation import _load, _prompt_rows
+
+    monkeypatch.chdir(run_dir)  # a folder on the command line is relative to here, not to the pipeline file
+    assert main(["eval", str(run_dir), "--samples", "0", "--judge", "./sft"]) == 0
+    assert "judge win" in capsys.readouterr().out
+    first, second = json.loads((run_dir / "eval.json").read_text())
+    assert "judge_win_rate" not in first  # no baseline, nothing to judge against
+    assert second["judge_win_rate_low"] <= second["judge_win_rate"] <= second["judge_win_rate_high"]
+    assert 0 <= second["judge_ties"] <= 8
+
+    import yaml
+
+    evaluate = EvaluateConfig.model_validate(
+        yaml.safe_load((run_dir / "pipeline.yaml").read_text())["evaluate"]
+    )
+    rows = _prompt_rows(evaluate, run_dir, evaluate.max_prompts)
+    prompts = [r["prompt"] for r in rows]
+    judge, tokenizer = _load(run_dir / "sft")
+    answers = {
+        name: greedy_completions(*_load(run_dir / name), prompts, max_new_tokens=evaluate.max_new_tokens)
+        for name in ("sft", "more")
+    }
+    judged = judge_pairs(
+        judge, tokenizer, prompts, answers["more"], answers["sft"], template=DEFAULT_JUDGE_TEMPLATE
+    )
+    assert second["judge_win_rate"] == pytest.approx(judged.outcomes.mean())
+    assert second["judge_ties"] == int((judged.outcomes == 0.5).sum())
+
+
+RICH = """
+name: rich
+model:
+  tiny: {{hidden_size: 32, num_layers: 2, num_heads: 2, tokenizer_texts: [{d}/sft_train.jsonl, {d}/prefs_train.jsonl]}}
+tracking: {{wandb: offline, project: rlft-test}}
+evaluate: {{prompts: {d}/heldout_prompts.jsonl, reward: reward_models.tasks:uppercase_copy, max_prompts: 6, max_new_tokens: 6}}
+stages:
+  - {{name: sft, kind: sft, data: {{train: {d}/sft_train.jsonl, max_rows: 48, eval_fraction: 0.25}}, trainer: {{max_steps: 3}}}}
+  - name: rm
+    kind: reward
+    model: {{from: sft}}
+    data: {{train: {d}/prefs_train.jsonl, max_rows: 64, eval_fraction: 0.5}}
+    trainer: {{max_steps: 3, max_length: 64}}
+  - name: dpo
+    kind: dpo
+    model: {{from: sft}}
+    data: {{train: {d}/prefs_train.jsonl, max_rows: 32, eval_fraction: 0.25}}
+    max_length: 64
+    trainer: {{max_steps: 3, learning_rate: 1.0e-3}}
+"""
+
+
+@pytest.fixture(scope="module")
+def rich_run(tmp_path_factory):
+    """SFT, a reward model and DPO, each with held-out data, tracked by W&B offline."""
+    import os
+
+    from conftest import QUICKSTART_DATA
+
+    folder = tmp_path_factory.mktemp("richrun")
+    (folder / "p.yaml").write_text(RICH.format(d=QUICKSTART_DATA))
+    with pytest.MonkeyPatch.context() as env:
+        for key in [k for k in os.environ if k.startswith("WANDB_")]:  # conftest sets WANDB_MODE=disabled
+            env.delenv(key)
+        assert main(["run", str(folder / "p.yaml"), "--run-dir", str(folder / "run")]) == 0
+        rows = evaluate_run(folder / "run", samples=0)
+    return folder / "run", rows
+
+
+def test_held_out_columns_of_sft_reward_and_preference_stages(rich_run):
+    import math
+
+    run_dir, rows = rich_run
+    assert [r["stage"] for r in rows] == ["sft", "rm", "dpo"]  # in run order; the reward model has its row
+    sft, rm, dpo = rows
+    records = {r["stage"]: json.loads((run_dir / r["stage"] / "stage.json").read_text()) for r in rows}
+    assert sft["perplexity"] == pytest.approx(math.exp(records["sft"]["metrics"]["eval/loss"]))
+    assert sft["perplexity"] > 1 and "preference_accuracy" not in sft
+    assert dpo["preference_accuracy"] == records["dpo"]["metrics"]["eval/rewards/accuracies"]
+    assert dpo["judge"] == "reward model" and "task_reward" in dpo and "pair_accuracy" not in dpo
+
+    assert rm["kind"] == "reward" and "task_reward" not in rm  # measured, not generated from
+    assert rm["pair_accuracy"] == records["rm"]["metrics"]["reward_accuracy"]
+    assert rm["ece"] == records["rm"]["metrics"]["eval/rewards/ece"]
+    assert sum(b["n"] for b in rm["reliability"]) == 32  # 64 pairs, half held out
+    assert rm["ece"] == pytest.approx(
+        sum(b["n"] / 32 * abs(b["accuracy"] - b["confidence"]) for b in rm["reliability"])
+    )
+    with open(run_dir / "eval.csv") as f:
+        table = {r["stage"]: r for r in csv.DictReader(f)}
+    assert float(table["rm"]["ece"]) == pytest.approx(rm["ece"]) and "reliability" not in table["rm"]
+    assert evaluate_run(run_dir, stages=["rm"], samples=0)[0]["pair_accuracy"] == rm["pair_accuracy"]
+
+
+def test_the_evaluation_goes_to_wandb_as_tables(rich_run):
+    """The run used W&B (offline): `rlft eval` logs its table and samples as a W&B run of the same group."""
+    from test_tracking import wandb_run_contents
+
+    run_dir, rows = rich_run
+    run_files = list((run_dir / "_eval" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(run_files) == 1, run_files
+    run, config, history = wandb_run_contents(run_files[0])
+    run_id = json.loads((run_dir / "dpo" / "stage.json").read_text())["run_id"]
+    assert (run.run_group, run.job_type) == (f"rich-{run_id}", "eval")
+    assert config["stages"] == ["sft", "rm", "dpo"]
+    logged = {key: value for row in history for key, value in row.items()}
+    assert logged["eval/table/_type"] == logged["eval/samples/_type"] == "table-file"
+    assert (logged["eval/table/nrows"], logged["eval/samples/nrows"]) == (3, 12)
+    table = json.loads((run_files[0].parent / "files" / logged["eval/table/path"]).read_text())
+    assert table["columns"] == list(COLUMNS) and [r[0] for r in table["data"]] == ["sft", "rm", "dpo"]
+    samples = [
+        json.loads(line) for line in (run_dir / "_eval" / "eval_samples.jsonl").read_text().splitlines()
+    ]
+    assert [s["stage"] for s in samples] == ["sft"] * 6 + ["dpo"] * 6  # 6 prompts (max_prompts) each
+    dpo = [s for s in samples if s["stage"] == "dpo"]
+    assert all(s["baseline"] == "sft" for s in dpo)
+    assert [s["baseline_completion"] for s in dpo] == [
+        s["completion"] for s in samples if s["stage"] == "sft"
+    ]
+    assert sum(s["task_reward"] for s in dpo) / 6 == pytest.approx(rows[2]["task_reward"])
+
+
+def test_encoders_and_reward_models_are_reported_not_generated_from():
+    """Which stages `rlft eval` generates from, and the rows it reads from stage.json for the others."""
+    from rlft.run_evaluation import _is_policy, _measured, _recorded_policy_columns, _recorded_row
+
+    encoder = {
+        "kind": "contrastive",
+        "config": {"mode": "representation"},
+        "metrics": {"retrieval/accuracy@1": 0.62, "retrieval/mrr": 0.7, "eval/loss": 1.1},
+    }
+    cpo = {
+        "kind": "contrastive",
+        "config": {"mode": "preference"},
+        "metrics": {"eval/rewards/accuracies": 0.8},
+    }
+    reward = {
+        "kind": "reward",
+        "config": {},
+        "metrics": {"reward_accuracy": 0.9},
+    }  # before calibration was kept
+    assert [(_is_policy(r), _measured(r)) for r in (encoder, cpo, reward)] == [
+        (False, True),
+        (True, False),
+        (False, True),
+    ]
+    assert _recorded_row("emb", encoder) == {
+        "stage": "emb",
+        "kind": "contrastive",
+        "baseline": None,
+        "retrieval_accuracy": 0.62,
+        "retrieval_mrr": 0.7,
+    }
+    assert _recorded_row("rm", reward) == {
+        "stage": "rm",
+        "kind": "reward",
+        "baseline": None,
+        "pair_accuracy": 0.9,
+    }
+    assert _recorded_policy_columns("contrastive", cpo) == {"preference_accuracy": 0.8}
+    assert (
+        _recorded_policy_columns("dpo", {"metrics": {"eval/loss": 0.7}}) == {}
+    )  # a DPO loss is no perplexity

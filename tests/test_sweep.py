@@ -109,3 +109,12 @@ def test_two_point_beta_sweep_shares_sft_and_the_reference_cache(tmp_path, pipel
     assert (out / "cache" / "ref_logps").is_dir()
     printed = capsys.readouterr().out
     assert "rlft sweep" in printed and "sweep table:" in printed
+
+    # every point evaluated, then one report over both: DPO of each point placed by reward and KL
+    for point in ("beta=0.1", "beta=0.5"):
+        rows = {r["stage"]: r for r in json.loads((out / point / "eval.json").read_text())}
+        assert rows["dpo"]["baseline"] == "sft" and rows["dpo"]["kl"] == rows["dpo"]["kl"]  # not NaN
+    page = (out / "report.html").read_text()
+    assert f"sweep report: {out / 'report.html'}" in printed
+    assert "run beta=0.1" in page and "run beta=0.5" in page and 'alt="reward against KL"' in page
+    assert (out / "summary.md").read_text().startswith("# rlft report")

@@ -9,7 +9,8 @@ optional per-pair column (Touvron et al., 2023, Llama 2, sec. 3.2.2), plus
     setup: model (+ score head) + tokenizer (+ tuning) -> preference data -> RewardConfig -> RewardTrainer
     train: trainer.train(resume_from_checkpoint=<last checkpoint of a run that died>)
     save:  plain HF folder + reward_stats.json (mean/std of rewards on training responses)
-    eval:  pairwise accuracy, mean margin, reward mean/std of chosen and rejected (held-out pairs)
+    eval:  pairwise accuracy, mean margin, reward mean/std of chosen and rejected, and calibration
+           (ECE of σ(margin) with its reliability table; rlft.comparisons.calibration) on held-out pairs
 
 The artifact loads with `reward_models.RewardModel.from_pretrained(runs/<pipeline>/<stage>)`.
 """
@@ -156,6 +157,7 @@ def pair_metrics(chosen: Any, rejected: Any) -> dict[str, float]:
 def run(cfg: RewardStage, ctx: StageContext) -> StageResult:
     import torch
 
+    from rlft.comparisons import calibration
     from rlft.distributed import gathered_model
     from rlft.models.tuning import save_model
     from rlft.tracking import trainer_callback
@@ -179,9 +181,14 @@ def run(cfg: RewardStage, ctx: StageContext) -> StageResult:
 
     if trainer.eval_dataset is not None:
         metrics["eval/loss"] = trainer.evaluate()["eval_loss"]
-        held_out = pair_metrics(*pair_rewards(trainer, trainer.eval_dataset))
+        held_chosen, held_rejected = pair_rewards(trainer, trainer.eval_dataset)
+        held_out = pair_metrics(held_chosen, held_rejected)
         metrics.update(held_out)
         metrics["reward_accuracy"] = held_out["rewards/accuracies"]
+        # P(chosen preferred) = σ(margin): is it right as often as it is sure? (`rlft eval` shows the table)
+        calibrated = calibration((held_chosen - held_rejected).tolist())
+        metrics["eval/rewards/ece"] = calibrated.ece
+        info["calibration"] = calibrated.as_dict()
         ctx.tracker.log(
             {k: v for k, v in metrics.items() if "/" in k and not k.startswith("train/")}, step=step
         )

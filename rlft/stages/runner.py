@@ -70,6 +70,7 @@ def _run(work: Path) -> int:
         "stage": cfg.name,
         "kind": cfg.kind,
         "status": "running",
+        "run_id": plan["run_id"],  # the pipeline run that made it: its W&B group is <pipeline>-<run_id>
         "config": plan["stage"],
         "config_hash": plan["config_hash"],
         "inputs": plan["inputs"],

@@ -111,6 +111,10 @@ def test_reward_stage_separates_pairs_and_its_artifact_scores(tmp_path, tiny_mod
     assert m["reward_accuracy"] > 0.9, m
     assert m["rewards/margins"] > 0 and m["rewards/chosen"] > m["rewards/rejected"]
     assert math.isfinite(m["eval/loss"]) and m["train/global_step"] == 60
+    assert 0 <= m["eval/rewards/ece"] <= 1 and result.info["calibration"]["ece"] == m["eval/rewards/ece"]
+    reliability = result.info["calibration"]["bins"]
+    assert sum(b["n"] for b in reliability) == result.info["calibration"]["n"] > 0
+    assert all(0.5 <= b["low"] <= b["confidence"] <= b["high"] <= 1 for b in reliability)
 
     stats = json.loads((ctx.artifact_dir / reward.STATS_FILE).read_text())
     assert stats["n"] == 800 and stats["std"] > 0  # 400 pairs, chosen and rejected
