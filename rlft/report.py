@@ -104,9 +104,8 @@ def _run_section(run: Path) -> str:
         parts.append(f"<h3>stage {_e(name)} ({_e(entry['kind'])})</h3>")
         parts += curves + data
         if samples:
-            parts.append(
-                _table(samples, {"prompt": "prompt", "completion": "completion", "reward": "reward"})
-            )
+            shown = [{**sample, "prompt": _prompt_text(sample.get("prompt"))} for sample in samples]
+            parts.append(_table(shown, {"prompt": "prompt", "completion": "completion", "reward": "reward"}))
     parts.append(_side_by_side(records))
     return "<section>" + "".join(parts) + "</section>"
 

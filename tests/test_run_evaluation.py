@@ -81,6 +81,7 @@ def test_report_embeds_its_images_and_renders_in_headless_chromium(run_dir, tmp_
     assert "reward against KL" in images and "loss" in images  # the frontier and the stages' curves
     assert 'src="http' not in page and "<link" not in page  # nothing outside the file
     assert "<table>" in page and ">more</td>" in page and "samples side by side" in page
+    assert "[{&#x27;role&#x27;" not in page and "[{'role'" not in page  # a conversation shows as its words
     assert (tmp_path / "summary.md").read_text().startswith("# rlft report")
 
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
