@@ -404,10 +404,13 @@ def _load_judge(config: JudgeConfig, run: Path, base_dir: Path, records: dict[st
 
 
 def print_table(results: list[dict[str, Any]], *, console: Any = None) -> None:
+    import sys
+
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    # into a file or a pipe (a log, CI): whole rows, not 80-column ones
+    console = console or Console(width=None if sys.stdout.isatty() else 220)
     table = Table(title="rlft eval", title_justify="left")
     for col in (
         "stage",
