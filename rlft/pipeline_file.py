@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from rlft import yamlio
 from rlft.config import PipelineConfig
 from rlft.errors import ConfigError
 from rlft.resources import find_launch_config
@@ -58,7 +59,7 @@ def load_pipeline(path: str | Path, *, overrides: dict[str, Any] | None = None) 
     if not path.is_file():
         raise ConfigError(f"{path}: no such pipeline file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yamlio.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
@@ -317,7 +318,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item}: write KEY=VALUE, e.g. stages.sft.trainer.max_steps=50")
-        overrides[key] = yaml.safe_load(value)
+        overrides[key] = yamlio.safe_load(value)
     return overrides
 
 
