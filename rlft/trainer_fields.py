@@ -43,6 +43,8 @@ def check_trainer_keys(class_path: str, keys: dict) -> str | None:
     field's type (and RANGES), else `key: message`."""
     fields = config_fields(class_path)
     for key in keys:
+        if key in OWNED:
+            return f"{key}: rlft sets this itself: {OWNED[key]}"
         if key not in fields:
             close = difflib.get_close_matches(key, sorted(fields), n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]}?" if close else ""

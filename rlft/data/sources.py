@@ -297,6 +297,15 @@ def _load_json(
     from datasets import load_dataset
 
     files = [str(p) for p in resolved.files]
+
+    def load(copies: list[Path]) -> Dataset:
+        kept = load_dataset(
+            "json", data_files=[str(c) for c in copies], split="train", parse_agent_traces=False
+        )
+        return _exact_mixed_columns(kept, copies)
+
+    if not all(_is_utf8(p) for p in resolved.files):  # pyarrow would read bad bytes as U+FFFD, silently
+        return _by_line(resolved, key=key, unreadable=unreadable, reader=_json_lines, load=load, error=None)
     try:
         # parse_agent_traces=False: datasets 5 otherwise rewrites files that look like agent logs.
         with _quiet_loader():  # a failure is explained below, row by row
@@ -332,7 +341,9 @@ def _quiet_loader() -> Iterator[None]:
         builders.setLevel(level)
 
 
-def _by_line(resolved: Resolved, *, key: str, unreadable: dict, reader, load, error: Exception) -> Dataset:
+def _by_line(
+    resolved: Resolved, *, key: str, unreadable: dict, reader, load, error: Exception | None
+) -> Dataset:
     """The slow path, after the fast reader failed: `reader(path)` yields (row, reason, text) per
     line (per CSV record); the rows it could read are loaded again, by `load(copies)`, from a
     temporary copy, each unreadable line standing as an empty row noted in `unreadable`. When
@@ -341,12 +352,12 @@ def _by_line(resolved: Resolved, *, key: str, unreadable: dict, reader, load, er
 
     suffix = ".csv" if resolved.kind == "csv" else ".jsonl"
     with tempfile.TemporaryDirectory(prefix="rlft-rows-") as tmp:
-        copies, index = [], 0
+        copies, index, lines = [], 0, {}
         for n, path in enumerate(resolved.files):
             copy = Path(tmp) / f"{n}{suffix}"
             with open(copy, "w", encoding="utf-8", newline="") as out:
                 header = None
-                for row, reason, text in reader(path):
+                for row, reason, text, line in reader(path):
                     if resolved.kind == "csv":
                         if header is None:
                             header = row
@@ -357,15 +368,16 @@ def _by_line(resolved: Resolved, *, key: str, unreadable: dict, reader, load, er
                         out.write((json.dumps(row) if reason is None else "{}") + "\n")
                     if reason is not None:
                         unreadable[index] = (reason, text)
+                        lines.setdefault(n, line)
                     index += 1
             copies.append(copy)
-        if not unreadable:
+        if not unreadable and error is not None:
             raise DataError(f"{key}: could not read {resolved.label}: {_cause(error)}") from error
         if len(unreadable) == index:
-            first = min(unreadable)
+            n = min(lines)
             raise DataError(
-                f"{key}: none of the {index} rows of {resolved.label} could be read; the first: "
-                f"{unreadable[first][0]}"
+                f"{key}: none of the {index} rows of {resolved.label} could be read; the first, "
+                f"{resolved.files[n]} line {lines[n]}: {unreadable[min(unreadable)][0]}"
             ) from error
         return load(copies)
 
@@ -389,7 +401,7 @@ def _line_problem(raw: bytes) -> tuple[str | None, str]:
 
 
 def _json_lines(path: Path):
-    """(row, reason, text) for each non-blank line of a JSON lines file."""
+    """(row, reason, text, line number) for each non-blank line of a JSON lines file."""
     with open(path, "rb") as f:
         for number, raw in enumerate(f, 1):
             if number == 1:
@@ -406,9 +418,9 @@ def _json_lines(path: Path):
                     if not isinstance(row, dict):
                         reason = f'is not a JSON object ({{"field": value, ...}}), it is {_json_kind(row)}'
                     else:
-                        yield row, None, text
+                        yield row, None, text, number
                         continue
-            yield None, reason, text
+            yield None, reason, text, number
 
 
 def _json_kind(value: object) -> str:
@@ -468,6 +480,10 @@ def _load_csv(
             na_values={c: _CSV_NA for c in header if c not in text_columns},
         )
 
+    # pandas reads a record with an extra field as an index column and a short one as nulls, silently:
+    # every record is checked first (one pass of Python's csv module), and bad ones make it row by row.
+    if any(reason for path in resolved.files for _, reason, _, _ in _csv_records(path)):
+        return _by_line(resolved, key=key, unreadable=unreadable, reader=_csv_records, load=load, error=None)
     try:
         with _quiet_loader():
             return load(resolved.files)
@@ -479,19 +495,20 @@ def _load_csv(
 
 
 def _csv_records(path: Path):
-    """(record, reason, text) for the header and each non-blank record of a CSV file; a record is
+    """(record, reason, text, line) for the header and each non-blank record of a CSV file; a record is
     unreadable when it is not UTF-8 text, holds NUL bytes, is too long, or has another number of
     fields than the header."""
     with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         reader = csv.reader(f)
         header = None
         while True:
+            line = reader.line_num + 1
             try:
                 record = next(reader)
             except StopIteration:
                 return
             except csv.Error as e:
-                yield [], f"is not a CSV record: {e}", ""
+                yield [], f"is not a CSV record: {e}", "", line
                 continue
             if not record:
                 continue
@@ -499,14 +516,14 @@ def _csv_records(path: Path):
             reason, text = _line_problem(raw)
             if header is None:
                 header = record
-                yield record, None, text
+                yield record, None, text, line
                 continue
             if reason is None and len(record) != len(header):
                 reason = (
                     f"has {len(record)} fields, the header has {len(header)} ({', '.join(header)}); "
                     "quote a field that holds a comma"
                 )
-            yield record, reason, text
+            yield record, reason, text, line
 
 
 def _load_parquet(
@@ -581,6 +598,21 @@ def _csv_header(path: Path) -> list[str]:
         except csv.Error:
             pass
     return []
+
+
+def _is_utf8(path: Path) -> bool:
+    """True when the whole file decodes as UTF-8 (read in 1 MiB blocks, at C speed)."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(2**20):
+                decoder.decode(block)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _not_utf8_text(path: Path) -> str | None:

@@ -70,7 +70,7 @@ def model_folder_problem(
         if not pickled:
             lacks.append("weights (model.safetensors)")
     if needs_tokenizer and not names.intersection(TOKENIZER):
-        lacks.append("a tokenizer (tokenizer.json / tokenizer_config.json)")
+        lacks.append("tokenizer (tokenizer.json or tokenizer_config.json)")
     if not lacks:
         return None
     return (
