@@ -379,7 +379,10 @@ def _by_line(
                 f"{key}: none of the {index} rows of {resolved.label} could be read; the first, "
                 f"{resolved.files[n]} line {lines[n]}: {unreadable[min(unreadable)][0]}"
             ) from error
-        return load(copies)
+        try:
+            return load(copies)
+        except Exception as e:  # what datasets cannot read even line by line: say so, no traceback
+            raise DataError(f"{key}: could not read {resolved.label}: {_cause(e)}") from e
 
 
 def _line_problem(raw: bytes) -> tuple[str | None, str]:
@@ -411,9 +414,11 @@ def _json_lines(path: Path):
             reason, text = _line_problem(raw)
             if reason is None:
                 try:
-                    row = json.loads(raw.rstrip())
+                    row = json.loads(raw.rstrip(), parse_constant=_no_constant)
                 except json.JSONDecodeError as e:
                     reason = f"not valid JSON: {e.msg} (column {e.colno}); fix the line or remove it"
+                except ValueError as e:
+                    reason = f"not valid JSON: {e}; fix the line or remove it"
                 else:
                     if not isinstance(row, dict):
                         reason = f'is not a JSON object ({{"field": value, ...}}), it is {_json_kind(row)}'
@@ -421,6 +426,10 @@ def _json_lines(path: Path):
                         yield row, None, text, number
                         continue
             yield None, reason, text, number
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number (write null, or a number)")
 
 
 def _json_kind(value: object) -> str:
