@@ -473,3 +473,42 @@ def test_debug_shows_the_traceback(tmp_path):
 
     with pytest.raises(ConfigError, match="max_steps: must be a positive number"):
         main(["--debug", *pipeline(tmp_path, trainer(max_steps=-5))])
+
+
+@pytest.mark.parametrize(
+    "body,expected",
+    [
+        (
+            "return [float('nan')] * len(completions)",
+            "not finite at rows [0, 1, 2, 3]; a PPO reward must give one finite number per response",
+        ),
+        (
+            "return [1.0]",
+            "reward 'score' returned 1 rewards for 4 completions; a reward function returns one float",
+        ),
+    ],
+    ids=["NaN", "wrong length"],
+)
+def test_a_reward_function_that_breaks_at_run_time(body, expected, tmp_path, capsys):
+    """Found only when the reward runs: the stage fails with the reason, exit code 2, no traceback."""
+    (tmp_path / "r.py").write_text(f"def score(prompts, completions, **fields):\n    {body}\n")
+    raw = copy.deepcopy(BASE)
+    raw["stages"] = [
+        {
+            "name": "ppo",
+            "kind": "ppo",
+            "data": {"train": PROMPTS, "max_rows": 8},
+            "reward": "r.py:score",
+            "steps": 1,
+            "rollout_batch_size": 4,
+            "minibatch_size": 4,
+            "max_new_tokens": 4,
+            "evaluate": False,
+        }
+    ]
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(path), "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "stage 'ppo' failed: " in err and expected in err
