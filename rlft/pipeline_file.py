@@ -209,6 +209,7 @@ def check_models(pipeline: PipelineSpec) -> None:
     from rlft.models.loading import model_folder_problem
 
     for i, stage in enumerate(pipeline.stages):
+        folders: dict[str, Path] = {}
         for key in type(stage).model_fields:
             source = getattr(stage, key)
             if not isinstance(source, ModelSource) or (source.path is None and source.hub is None):
@@ -234,6 +235,34 @@ def check_models(pipeline: PipelineSpec) -> None:
             )
             if problem:
                 raise ConfigError(f"{at}: {problem}")
+            folders[key] = folder
+        if "model" in folders and "reference" in folders:
+            problem = tokenizer_mismatch(folders["model"], folders["reference"])
+            if problem:
+                raise ConfigError(
+                    f"{pipeline.label}: stages[{i}].reference: {problem}; the reference scores the policy's token ids, "
+                    "so it needs the policy's tokenizer: use a model of the same family, or leave reference out (it "
+                    "defaults to the starting model)"
+                )
+
+
+def tokenizer_mismatch(first: Path, second: Path) -> str | None:
+    """'its tokenizer differs ...' when both folders have a tokenizer.json and their vocabularies differ."""
+    import json
+
+    vocabs = []
+    for folder in (first, second):
+        try:
+            model = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")).get("model") or {}
+        except (OSError, ValueError, AttributeError):
+            return None  # no tokenizer.json (or none rlft can read): checked when loaded
+        vocabs.append(model.get("vocab"))
+    if vocabs[0] is None or vocabs[1] is None or vocabs[0] == vocabs[1]:
+        return None
+    return (
+        f"its tokenizer ({second}, {len(vocabs[1])} tokens) differs from the model's ({first}, {len(vocabs[0])} "
+        "tokens)"
+    )
 
 
 def check_rewards(pipeline: PipelineSpec) -> None:

@@ -105,6 +105,24 @@ def model_case(*files: str, key: str = "model"):
     return make
 
 
+def two_tokenizers(tmp: Path) -> dict:
+    """A DPO stage whose policy and reference folders have different vocabularies."""
+    for name, vocab in (("policy", {"a": 0, "b": 1}), ("ref", {"c": 0})):
+        folder = tmp / name
+        folder.mkdir()
+        for f in ("config.json", "model.safetensors"):
+            (folder / f).write_text("{}")
+        (folder / "tokenizer.json").write_text(json.dumps({"model": {"type": "BPE", "vocab": vocab}}))
+    data = {"train": f"{QUICKSTART_DATA}/prefs_train.jsonl"}
+    return {
+        "name": "dpo",
+        "kind": "dpo",
+        "model": {"path": "./policy"},
+        "reference": {"path": "./ref"},
+        "data": data,
+    }
+
+
 def inspect(name: str, content: bytes | str | None, *extra: str, fmt: str = "preference") -> callable:
     """`rlft data inspect FILE --format fmt` on a file with this content (None: make nothing; a dict of
     name -> content: a folder)."""
@@ -331,6 +349,11 @@ CASES = [
         "reference without weights",
         model_case("config.json", key="reference"),
         "stages[1].reference.path: {tmp}/model is not a complete model folder: it has no weights",
+    ),
+    (
+        "policy and reference with different tokenizers",
+        lambda t: pipeline(t, with_stage(two_tokenizers(t))),
+        "stages[1].reference: its tokenizer ({tmp}/ref, 1 tokens) differs from the model's ({tmp}/policy, 2 tokens)",
     ),
     # --- reward functions ------------------------------------------------------------------
     (
