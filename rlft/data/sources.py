@@ -318,13 +318,6 @@ def _load_json(
             raise DataError(
                 f"{key}: could not read {_bad_json_location(resolved.files) or resolved.label}: {_cause(e)}"
             ) from e
-
-        def load(copies: list[Path]) -> Dataset:
-            kept = load_dataset(
-                "json", data_files=[str(c) for c in copies], split="train", parse_agent_traces=False
-            )
-            return _exact_mixed_columns(kept, copies)
-
         return _by_line(resolved, key=key, unreadable=unreadable, reader=_json_lines, load=load, error=e)
     return _exact_mixed_columns(dataset, resolved.files)
 
@@ -344,8 +337,8 @@ def _quiet_loader() -> Iterator[None]:
 def _by_line(
     resolved: Resolved, *, key: str, unreadable: dict, reader, load, error: Exception | None
 ) -> Dataset:
-    """The slow path, after the fast reader failed: `reader(path)` yields (row, reason, text) per
-    line (per CSV record); the rows it could read are loaded again, by `load(copies)`, from a
+    """The slow path, when the fast reader failed or would misread: `reader(path)` yields (row,
+    reason, text, line) per line (per CSV record); the rows it could read are loaded again, by `load(copies)`, from a
     temporary copy, each unreadable line standing as an empty row noted in `unreadable`. When
     every line reads, the failure was not a line's: it is reported as it was."""
     import tempfile

@@ -332,8 +332,10 @@ def _checked(
         if unused:
             part.dataset = part.dataset.remove_columns(unused)
     kept = [p.dataset for p in parts if len(p.dataset)]
+    if not kept and not invalid:
+        raise DataError(f"{key}: no rows to check (max_rows or the weights left none)")
     if not kept:
-        rejects.keep()
+        rejects.keep()  # the message points to it
         raise DataError(
             f"{key}: no valid rows left: all {len(invalid)} were rejected (see {rejects.path}); the first: {first}"
         )
