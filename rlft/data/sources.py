@@ -484,7 +484,7 @@ def _load_csv(
 
     # pandas reads a record with an extra field as an index column and a short one as nulls, silently:
     # every record is checked first (one pass of Python's csv module), and bad ones make it row by row.
-    if any(reason for path in resolved.files for _, reason, _, _ in _csv_records(path)):
+    if not all(_is_utf8(p) and _csv_fields_agree(p) for p in resolved.files):
         return _by_line(resolved, key=key, unreadable=unreadable, reader=_csv_records, load=load, error=None)
     try:
         with _quiet_loader():
@@ -603,18 +603,50 @@ def _csv_header(path: Path) -> list[str]:
 
 
 def _is_utf8(path: Path) -> bool:
-    """True when the whole file decodes as UTF-8 (read in 1 MiB blocks, at C speed)."""
+    """True when the whole file decodes as UTF-8 and holds no NUL byte (read in 1 MiB blocks, at C speed)."""
     import codecs
 
     decoder = codecs.getincrementaldecoder("utf-8")()
     try:
         with open(path, "rb") as f:
             while block := f.read(2**20):
+                if b"\0" in block:
+                    return False
                 decoder.decode(block)
         decoder.decode(b"", final=True)
     except UnicodeDecodeError:
         return False
     return True
+
+
+def _csv_fields_agree(path: Path) -> bool:
+    """True when every record of a (UTF-8) CSV file has as many fields as its header: pyarrow's
+    streaming reader counts them (C++, one column kept); Python's csv module only finds the lines."""
+    import pyarrow.csv as pc
+
+    header = _csv_header(path)
+    if not header:
+        return True
+    wrong = []
+
+    def note(row) -> str:
+        wrong.append(row)
+        return "skip"
+
+    try:
+        reader = pc.open_csv(
+            path,
+            parse_options=pc.ParseOptions(invalid_row_handler=note, newlines_in_values=True),
+            convert_options=pc.ConvertOptions(
+                include_columns=[header[0]], column_types={header[0]: "string"}
+            ),
+        )
+        for _ in reader:
+            if wrong:
+                return False
+    except Exception:  # noqa: BLE001 - anything pyarrow cannot read: the row-by-row reader says what
+        return False
+    return not wrong
 
 
 def _not_utf8_text(path: Path) -> str | None:
