@@ -164,15 +164,16 @@ def check_files(pipeline: PipelineSpec) -> None:
     """Data sources, launch configs and evaluation prompts must exist (hub dataset names are checked when loaded)."""
     from reward_models.loading import function_problem
     from rlft.data.config import as_sources
-    from rlft.data.sources import resolve_source
+    from rlft.data.sources import check_text_files, resolve_source
     from rlft.errors import DataError
 
     for i, stage in enumerate(pipeline.stages):
         for key, data in stage.data_sections().items():
             for split in ("train", "eval"):
                 for source in as_sources(getattr(data, split)):
+                    at = f"stages[{i}].{key}.{split}"
                     try:
-                        resolve_source(source, key=f"stages[{i}].{key}.{split}", base_dir=pipeline.base_dir)
+                        check_text_files(resolve_source(source, key=at, base_dir=pipeline.base_dir), key=at)
                     except DataError as e:
                         raise ConfigError(f"{pipeline.label}: {e}") from None
         for key, value in stage.input_files().items():

@@ -242,6 +242,14 @@ CASES = [
         lambda t: pipeline(t, stage(data={"train": "nope.jsonl"})),
         "stages[0].data.train: ",
     ),
+    (
+        "UTF-16 data file, found by validate",
+        lambda t: (
+            Path(t / "d.jsonl").write_bytes('{"text": "a"}\n'.encode("utf-16")),
+            pipeline(t, stage(data={"train": "d.jsonl"})),
+        )[1],
+        "stages[0].data.train: {tmp}/d.jsonl is UTF-16 text; rlft reads UTF-8: convert it",
+    ),
     ("bad launch name", lambda t: pipeline(t, stage(launch="zero9")), "stages[0].launch"),
     (
         "bad pipeline name",
