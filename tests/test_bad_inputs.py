@@ -319,6 +319,11 @@ CASES = [
         "no tokenizer (tokenizer.json or tokenizer_config.json); save the model and its tokenizer",
     ),
     (
+        "model folder with only config.json, on rlft run",
+        lambda t: ["run", model_case("config.json")(t)[1], "--run-dir", str(t / "runs")],
+        "stages[0].model.path: {tmp}/model is not a complete model folder: it has no weights",
+    ),
+    (
         "model folder without tokenizer",
         model_case("config.json", "model.safetensors"),
         "it has no tokenizer (tokenizer.json",
