@@ -41,7 +41,15 @@ class ResolvedModel:
 
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
 PICKLED = ("pytorch_model.bin", "pytorch_model.bin.index.json", "adapter_model.bin")
-TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+TOKENIZER = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+)
+TOKENIZER += ("sentencepiece.bpe.model", "merges.txt")
 
 
 def model_folder_problem(
