@@ -10,7 +10,13 @@ Importing this package loads neither torch nor transformers (nor anything from r
 model imports them when it loads (and rlft's peft support, for a learned prompt).
 """
 
-from reward_models.composite import CompositeReward, RewardSpecError, build_reward, check_spec
+from reward_models.composite import (
+    CompositeReward,
+    RewardOutputError,
+    RewardSpecError,
+    build_reward,
+    check_spec,
+)
 from reward_models.functions import exact_match, length_penalty, numeric_match, regex_match
 from reward_models.loading import RewardLoadError, load_function
 from reward_models.model import RewardModel, RewardModelError, decode_policy_ids
@@ -20,6 +26,7 @@ __all__ = [
     "RewardLoadError",
     "RewardModel",
     "RewardModelError",
+    "RewardOutputError",
     "RewardSpecError",
     "build_reward",
     "check_spec",

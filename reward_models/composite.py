@@ -41,6 +41,10 @@ class RewardSpecError(ValueError):
     """A reward spec that cannot be built; the message says where and what to write."""
 
 
+class RewardOutputError(ValueError):
+    """A reward function returned what cannot be a reward (another number of scores than completions)."""
+
+
 @dataclass
 class Component:
     name: str  # unique within the composite; the key of last_components
@@ -75,7 +79,10 @@ class CompositeReward:
         for c in self.components:
             values = c.fn(prompts, completions, **fields)
             if len(values) != n:
-                raise ValueError(f"reward '{c.name}' returned {len(values)} rewards for {n} completions")
+                raise RewardOutputError(
+                    f"reward '{c.name}' returned {len(values)} rewards for {n} completions; a reward function "
+                    "returns one float per completion"
+                )
             values = [math.nan if v is None else float(v) for v in values]  # None -> NaN, as TRL does
             scores[c.name] = values
             totals = [t + c.weight * v for t, v in zip(totals, values, strict=True)]

@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="what rlft logs, here and in every stage's process (default: $RLFT_LOG_LEVEL, else info); "
         "each stage's stage.log keeps debug lines whatever the level",
     )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an error in your input, show the traceback too (default: one line saying what to fix)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser(
@@ -104,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument(
         "pipelines", nargs="+", help="pipeline YAML files, or names of shipped ones (quickstart)"
+    )
+    validate.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value as `rlft run --set` does (VALUE is parsed as YAML); repeatable",
     )
     validate.add_argument(
         "--launch",
@@ -482,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging()
         return COMMANDS[args.command](args)
     except RlftError as e:
+        if args.debug:
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -527,7 +542,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     console = Console()
     for path in args.pipelines:
-        pipeline = Pipeline.from_yaml(path).validate(launch=args.launch)
+        pipeline = Pipeline.from_yaml(path, overrides=args.overrides).validate(launch=args.launch)
         table = Table(title=f"{path}: ok ({pipeline.name})", title_justify="left")
         for col in ("stage", "kind", "model", "tuning", "launch"):
             table.add_column(col)

@@ -97,6 +97,11 @@ class ModelSource(Strict):
     trust_remote_code: bool = Field(
         False, description="run the model repository's own Python code: off unless you trust it"
     )
+    allow_pickle: bool = Field(
+        False,
+        description="also load weights from pickle files (pytorch_model.bin): off, since unpickling a file can run "
+        "any code; convert the weights to safetensors instead when you can",
+    )
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
         "float32", description="the weights' dtype once loaded"
     )

@@ -11,3 +11,7 @@ class ConfigError(RlftError):
 
 class DataError(RlftError):
     """A data source is invalid. The message names the file, the row and the field."""
+
+
+class RewardError(RlftError, ValueError):
+    """A reward gave what training cannot use (too few or too many scores, NaN): the message says what."""

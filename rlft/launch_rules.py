@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from rlft import yamlio
 from rlft.distributed import outer_launch
 from rlft.errors import ConfigError
 from rlft.resources import find_launch_config, shipped
@@ -325,7 +326,7 @@ def load_launch(name: str, *, base_dir: Path) -> Launch:
     """The launch config `name` (shipped name or path) and the DeepSpeed JSON it names (relative to it)."""
     path = find_launch_config(name, base_dir=base_dir)
     try:
-        accelerate = yaml.safe_load(path.read_text()) or {}
+        accelerate = yamlio.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"launch {name}: {path} is not valid YAML: {e}") from None
     ds_file = (accelerate.get("deepspeed_config") or {}).get("deepspeed_config_file")

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from rlft import yamlio
 from rlft.config import PipelineConfig
 from rlft.errors import ConfigError
 from rlft.resources import find_launch_config
@@ -58,7 +59,7 @@ def load_pipeline(path: str | Path, *, overrides: dict[str, Any] | None = None) 
     if not path.is_file():
         raise ConfigError(f"{path}: no such pipeline file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yamlio.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
@@ -161,16 +162,18 @@ def check_references(pipeline: PipelineSpec) -> None:
 
 def check_files(pipeline: PipelineSpec) -> None:
     """Data sources, launch configs and evaluation prompts must exist (hub dataset names are checked when loaded)."""
+    from reward_models.loading import function_problem
     from rlft.data.config import as_sources
-    from rlft.data.sources import resolve_source
+    from rlft.data.sources import check_text_files, resolve_source
     from rlft.errors import DataError
 
     for i, stage in enumerate(pipeline.stages):
         for key, data in stage.data_sections().items():
             for split in ("train", "eval"):
                 for source in as_sources(getattr(data, split)):
+                    at = f"stages[{i}].{key}.{split}"
                     try:
-                        resolve_source(source, key=f"stages[{i}].{key}.{split}", base_dir=pipeline.base_dir)
+                        check_text_files(resolve_source(source, key=at, base_dir=pipeline.base_dir), key=at)
                     except DataError as e:
                         raise ConfigError(f"{pipeline.label}: {e}") from None
         for key, value in stage.input_files().items():
@@ -178,6 +181,8 @@ def check_files(pipeline: PipelineSpec) -> None:
             p = p if p.is_absolute() else pipeline.base_dir / p
             if not p.is_file():
                 raise ConfigError(f"{pipeline.label}: stages[{i}].{key}: {p} does not exist")
+    check_models(pipeline)
+    check_rewards(pipeline)
     for i, stage in enumerate(pipeline.stages):
         if stage.launch is not None:
             try:
@@ -187,12 +192,108 @@ def check_files(pipeline: PipelineSpec) -> None:
     evaluate = pipeline.config.evaluate
     if evaluate is not None:
         for key, value in (("prompts", evaluate.prompts), ("reward", evaluate.reward.rpartition(":")[0])):
-            if key == "reward" and not value.endswith(".py"):
-                continue  # a module name: imported when the stage runs
+            if key == "reward":
+                problem = function_problem(evaluate.reward, base_dir=pipeline.base_dir)
+                if problem:
+                    raise ConfigError(f"{pipeline.label}: evaluate.reward: {problem}")
+                continue
             p = Path(value).expanduser()
             p = p if p.is_absolute() else pipeline.base_dir / p
             if not p.is_file():
                 raise ConfigError(f"{pipeline.label}: evaluate.{key}: {p} does not exist")
+
+
+def check_models(pipeline: PipelineSpec) -> None:
+    """Every local model folder a stage names (path, or a hub name that is a local folder) must hold a
+    config, weights (safetensors, or pickle with allow_pickle) and, for the stage's own model, a tokenizer."""
+    from rlft.config import ModelSource
+    from rlft.models.loading import model_folder_problem
+
+    for i, stage in enumerate(pipeline.stages):
+        folders: dict[str, Path] = {}
+        for key in type(stage).model_fields:
+            source = getattr(stage, key)
+            if not isinstance(source, ModelSource) or (source.path is None and source.hub is None):
+                continue
+            raw = source.path or source.hub
+            folder = Path(raw).expanduser()
+            folder = folder if folder.is_absolute() else pipeline.base_dir / folder
+            if source.hub is not None and not folder.is_dir():
+                continue  # a hub name: checked when loaded
+            at = f"{pipeline.label}: stages[{i}].{key}.{'path' if source.path else 'hub'}"
+            if not folder.exists():
+                raise ConfigError(
+                    f"{at}: {folder} does not exist (relative paths start from the pipeline file's folder)"
+                )
+            if source.subfolder:
+                folder = folder / source.subfolder
+            if source.gguf_file:
+                if not (folder / source.gguf_file).is_file():
+                    raise ConfigError(f"{at}: {folder} has no file {source.gguf_file} (gguf_file)")
+                continue
+            problem = model_folder_problem(
+                folder, allow_pickle=source.allow_pickle, needs_tokenizer=key == "model"
+            )
+            if problem:
+                raise ConfigError(f"{at}: {problem}")
+            folders[key] = folder
+        if "model" in folders and "reference" in folders:
+            problem = tokenizer_mismatch(folders["model"], folders["reference"])
+            if problem:
+                raise ConfigError(
+                    f"{pipeline.label}: stages[{i}].reference: {problem}; the reference scores the policy's token ids, "
+                    "so it needs the policy's tokenizer: use a model of the same family, or leave reference out (it "
+                    "defaults to the starting model)"
+                )
+
+
+def tokenizer_mismatch(first: Path, second: Path) -> str | None:
+    """'its tokenizer differs ...' when both folders have a tokenizer.json and their vocabularies differ."""
+    import json
+
+    vocabs = []
+    for folder in (first, second):
+        try:
+            model = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")).get("model") or {}
+        except (OSError, ValueError, AttributeError):
+            return None  # no tokenizer.json (or none rlft can read): checked when loaded
+        vocabs.append(model.get("vocab"))
+    if vocabs[0] is None or vocabs[1] is None or vocabs[0] == vocabs[1]:
+        return None
+    return (
+        f"its tokenizer ({second}, {len(vocabs[1])} tokens) differs from the model's ({first}, {len(vocabs[0])} "
+        "tokens)"
+    )
+
+
+def check_rewards(pipeline: PipelineSpec) -> None:
+    """Every reward function of a stage (`module:fn`, `file.py:fn`) must be found (not run), and every
+    reward model folder (`path:`) must exist and hold a model."""
+    from reward_models.loading import function_problem
+    from rlft.models.loading import model_folder_problem
+    from rlft.rewards import RewardSpec
+
+    def entries(spec: RewardSpec, at: str):
+        yield spec, at
+        for j, entry in enumerate(spec.sum or []):
+            yield from entries(entry, f"{at}.sum[{j}]")
+
+    for i, stage in enumerate(pipeline.stages):
+        for key in type(stage).model_fields:
+            spec = getattr(stage, key)
+            if not isinstance(spec, RewardSpec):
+                continue
+            for entry, at in entries(spec, f"{pipeline.label}: stages[{i}].{key}"):
+                if entry.function is not None:
+                    problem = function_problem(entry.function, base_dir=pipeline.base_dir)
+                    if problem:
+                        raise ConfigError(f"{at}.function: {problem}")
+                if entry.path is not None:
+                    folder = Path(entry.path).expanduser()
+                    folder = folder if folder.is_absolute() else pipeline.base_dir / folder
+                    problem = model_folder_problem(folder, needs_tokenizer=True)
+                    if problem:
+                        raise ConfigError(f"{at}.path: reward model {problem}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,7 +418,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item}: write KEY=VALUE, e.g. stages.sft.trainer.max_steps=50")
-        overrides[key] = yaml.safe_load(value)
+        overrides[key] = yamlio.safe_load(value)
     return overrides
 
 

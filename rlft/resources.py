@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from rlft import yamlio
 from rlft.errors import ConfigError, RlftError
 
 
@@ -81,7 +82,7 @@ def find_launch_config(launch: str, *, base_dir: Path) -> Path:
 
 def resolved_launch_config(config: Path, out: Path) -> Path:
     """A copy of the launch config with its DeepSpeed JSON path made absolute (it is relative to the config)."""
-    data = yaml.safe_load(config.read_text()) or {}
+    data = yamlio.safe_load(config.read_text()) or {}
     ds = data.get("deepspeed_config") or {}
     if ds.get("deepspeed_config_file") and not Path(ds["deepspeed_config_file"]).is_absolute():
         ds["deepspeed_config_file"] = str((config.parent / ds["deepspeed_config_file"]).resolve())

@@ -34,8 +34,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from rlft import yamlio
 from rlft.artifacts import read_json, write_json_atomic
 from rlft.config import EvaluateConfig, JudgeConfig
 from rlft.errors import ConfigError, RlftError
@@ -483,7 +482,7 @@ def _finished_stages(run: Path) -> dict[str, dict[str, Any]]:
 
 
 def _evaluate_config(run: Path) -> EvaluateConfig:
-    raw = yaml.safe_load((run / "pipeline.yaml").read_text()) if (run / "pipeline.yaml").is_file() else None
+    raw = yamlio.safe_load((run / "pipeline.yaml").read_text()) if (run / "pipeline.yaml").is_file() else None
     block = (raw or {}).get("evaluate")
     if not block:
         raise ConfigError(

@@ -47,6 +47,7 @@ from typing import Any
 
 import yaml
 
+from rlft import yamlio
 from rlft.errors import ConfigError, RlftError
 
 # Final metrics a sweep table shows, per changed stage, when some point has them.
@@ -90,7 +91,7 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
         key, sep, text = item.partition("=")
         key = key.strip()
         try:
-            values = yaml.safe_load(text) if sep else None
+            values = yamlio.safe_load(text) if sep else None
         except yaml.YAMLError as e:
             raise RlftError(f"--grid {item}: the values are not valid YAML: {e}") from None
         if not key or not isinstance(values, list) or not values:

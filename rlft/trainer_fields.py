@@ -39,13 +39,141 @@ _REEXPORTS = {("transformers", "TrainingArguments"): "transformers.training_args
 
 
 def check_trainer_keys(class_path: str, keys: dict) -> str | None:
-    """None when every key is a field of `class_path` ("module:Class"), else `key: message`."""
+    """None when every key is a field of `class_path` ("module:Class") and every value fits the
+    field's type (and RANGES), else `key: message`."""
     fields = config_fields(class_path)
     for key in keys:
+        if key in OWNED:
+            return f"{key}: rlft sets this itself: {OWNED[key]}"
         if key not in fields:
             close = difflib.get_close_matches(key, sorted(fields), n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]}?" if close else ""
             return f"{key}: unknown key for {class_path.split(':')[1]}{hint}"
+    for key, value in keys.items():
+        problem = check_trainer_value(class_path, key, value)
+        if problem:
+            return f"{key}: {problem}"
+    return None
+
+
+# Ranges of common numeric fields (HF/TRL check few of them, and only when the trainer starts).
+# max_steps: -1 (the default) means "train for num_train_epochs"; 0 would too, confusingly.
+RANGES: dict[str, tuple[str, Any, str]] = {
+    "learning_rate": (">", 0, "a positive number, e.g. 3e-4"),
+    "max_steps": ("steps", None, "a positive number of steps, or -1 to train for num_train_epochs"),
+    "num_train_epochs": (">", 0, "a positive number of epochs"),
+    "per_device_train_batch_size": (">=", 1, "at least 1"),
+    "per_device_eval_batch_size": (">=", 1, "at least 1"),
+    "gradient_accumulation_steps": (">=", 1, "at least 1"),
+    "warmup_ratio": ("in", (0, 1), "between 0 and 1"),
+    "weight_decay": (">=", 0, "0 or more"),
+    "max_grad_norm": (">=", 0, "0 or more"),
+    "logging_steps": (">", 0, "a positive number"),
+    "save_steps": (">", 0, "a positive number"),
+    "eval_steps": (">", 0, "a positive number"),
+    "save_total_limit": (">=", 1, "at least 1"),
+    "seed": (">=", 0, "0 or more"),
+    "max_length": (">=", 1, "at least 1"),
+}
+_KINDS = {"float": "a number", "int": "an integer", "bool": "true or false", "str": "text"}
+_KINDS |= {"list": "a list", "dict": "a mapping", "none": "null"}
+
+
+def check_trainer_value(class_path: str, key: str, value: Any) -> str | None:
+    """None when `value` fits field `key` of `class_path` (its annotation, read from the source, and
+    RANGES), else what is wrong. A type rlft cannot read (an enum, Any) accepts any value."""
+    kinds = field_kinds(class_path, key)
+    if kinds is not None and not _fits(value, kinds):
+        wanted = " or ".join(dict.fromkeys(_KINDS[k] for k in sorted(kinds) if k in _KINDS))
+        got = f"the text {value!r}" if isinstance(value, str) else repr(value)
+        hint = " (write numbers without quotes)" if kinds & {"float", "int"} and _is_number(value) else ""
+        return f"must be {wanted}, got {got}{hint}"
+    rule = RANGES.get(key)
+    if rule is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    op, bound, says = rule
+    ok = {
+        ">": lambda: value > bound,
+        ">=": lambda: value >= bound,
+        "in": lambda: bound[0] <= value <= bound[1],
+        "steps": lambda: value == -1 or value > 0,
+    }[op]()
+    return None if ok else f"must be {says}, got {value!r}"
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        return isinstance(value, str) and float(value) == float(value)
+    except ValueError:
+        return False
+
+
+def _fits(value: Any, kinds: frozenset[str]) -> bool:
+    if value is None:
+        return "none" in kinds
+    if isinstance(value, bool):
+        return "bool" in kinds
+    if isinstance(value, int):
+        return bool(kinds & {"int", "float"})
+    if isinstance(value, float):
+        return "float" in kinds or ("int" in kinds and value.is_integer())
+    kind = {str: "str", list: "list", dict: "dict"}.get(type(value))
+    return kind in kinds if kind else False
+
+
+@cache
+def field_kinds(class_path: str, key: str) -> frozenset[str] | None:
+    """The plain kinds field `key` accepts ({"float"}, {"int", "none"}, ...), from its annotation;
+    None when some part of it is not a plain type (an enum, Any, a class): then anything goes."""
+    module, name = class_path.split(":")
+    try:
+        annotation = _ast_field(module, name, key)
+    except (OSError, SyntaxError, ValueError, AttributeError):
+        return None
+    return _annotation_kinds(annotation) if annotation is not None else None
+
+
+def _annotation_kinds(node: ast.expr) -> frozenset[str] | None:
+    plain = {"float": "float", "int": "int", "bool": "bool", "str": "str", "list": "list", "dict": "dict"}
+    plain |= {"List": "list", "Dict": "dict"}
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):  # a string annotation
+        return _annotation_kinds(ast.parse(node.value, mode="eval").body)
+    if isinstance(node, ast.Constant) and node.value is None:
+        return frozenset({"none"})
+    if isinstance(node, ast.Name):
+        return frozenset({plain[node.id]}) if node.id in plain else None
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        left, right = _annotation_kinds(node.left), _annotation_kinds(node.right)
+        return None if left is None or right is None else left | right
+    if isinstance(node, ast.Subscript):
+        outer = ast.unparse(node.value).split(".")[-1]
+        if outer in plain:
+            return frozenset({plain[outer]})
+        args = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        if outer in ("Optional", "Union"):
+            parts = [_annotation_kinds(a) for a in args]
+            if any(p is None for p in parts):
+                return None
+            return frozenset().union(*parts) | ({"none"} if outer == "Optional" else set())
+    return None
+
+
+def _ast_field(module: str, name: str, key: str, depth: int = 0) -> ast.expr | None:
+    """The annotation of field `key` of class `name` (or a base class), or None."""
+    if depth > 8:
+        raise ValueError("base class chain too deep")
+    tree = _parsed(module)
+    cls = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name), None)
+    if cls is None:
+        raise ValueError(f"{name} not defined in {module}")
+    for n in cls.body:
+        if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name) and n.target.id == key:
+            return n.annotation
+    for base in cls.bases:
+        if isinstance(base, ast.Name):
+            found = _ast_field(_import_source(tree, module, base.id), base.id, key, depth + 1)
+            if found is not None:
+                return found
     return None
 
 

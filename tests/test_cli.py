@@ -130,3 +130,13 @@ def test_console_script_is_declared():
     ]
     assert project["scripts"]["rlft"] == "rlft.cli:main"
     assert build_parser().prog == "rlft"
+
+
+def test_readme_learning_rate_override_is_a_float(capsys):
+    """README's `--set stages.sft.trainer.learning_rate=3e-4`: YAML 1.1 alone reads 3e-4 as text."""
+    from rlft.api import Pipeline
+
+    assert main(["validate", "quickstart", "--set", "stages.sft.trainer.learning_rate=3e-4"]) == 0
+    pipeline = Pipeline.from_yaml("quickstart", overrides=["stages.sft.trainer.learning_rate=3e-4"])
+    sft = next(s for s in pipeline.stages if s.name == "sft")
+    assert sft.trainer["learning_rate"] == 3e-4 and isinstance(sft.trainer["learning_rate"], float)

@@ -115,7 +115,11 @@ def _first_rejects(path: Path, *, count: int = 5) -> list[str]:
                 lines.append(f"{r.get('step', 'dropped')}: {r.get('reason', '')}")
                 continue
             where = f"row {r['row']} of {r['source']}" + (f" (line {r['line']})" if r.get("line") else "")
-            lines.append(f"{where}: field {r['field']!r} {r['reason']}")
+            lines.append(
+                f"{where}: field {r['field']!r} {r['reason']}"
+                if r.get("field")
+                else f"{where}: {r['reason']}"
+            )
     return lines
 
 

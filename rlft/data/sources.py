@@ -7,6 +7,13 @@ A source's `path` is, in order of precedence:
 - a file: `.jsonl`, `.json` (a list of objects, or JSON lines), `.csv`, `.parquet`;
 - a hub dataset name (`org/name`), when no such local path exists.
 
+Reading is row by row in effect: when the fast reader (`datasets`/pyarrow) fails on a JSON lines
+or CSV file, the file is read again line by line (record by record for CSV), and each line it
+cannot read (not valid JSON, not UTF-8, binary, over MAX_ROW_BYTES, a CSV record with the wrong
+number of fields) becomes one *unreadable* row: an empty row whose reason is kept in
+`LoadedSource.unreadable`, so the row checks reject it with its line and the rest of the file is
+checked as usual. A file that is not UTF-8 text at all (UTF-16, binary) is one error up front.
+
 Rows are cited as `row 17 of /abs/train.jsonl (line 18)`: the row within its file and, for
 JSON lines and CSV, the line where it starts (blank lines and the CSV header counted). The
 line table is built only when a row has to be cited, by one scan of the file.
@@ -17,13 +24,15 @@ line table is built only when a row has to be cited, by one scan of the file.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import csv
 import difflib
 import glob
 import json
+import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,6 +51,14 @@ _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # text column "None", "NA" or "null" is text, and an empty cell is an empty string.
 _CSV_NA = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN"]
 _CSV_NA += ["<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
+MAX_ROW_BYTES = 16 * 2**20  # one line (row) longer than this is rejected when a file is read line by line
+SHOWN_TEXT = 200  # characters of an unreadable line kept in the rejects file
+_BOMS = [  # longest first: the UTF-32 LE mark begins with the UTF-16 LE one
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+]
 
 
 @dataclass(frozen=True)
@@ -82,6 +99,8 @@ class LoadedSource:
     rows_read: int = 0  # rows kept by weights / max_rows, before checks
     rows_rejected: int = 0  # invalid rows written to the rejects file
     row_ids: list[int] | None = None  # dataset row -> loaded row, once cut (None: identity)
+    # loaded row -> (why its line could not be read, its text): empty rows standing for such lines
+    unreadable: dict[int, tuple[str, str]] = field(default_factory=dict)
     _lines: _LineTable | None = None
 
     def take(self, indices: list[int]) -> None:
@@ -95,6 +114,12 @@ class LoadedSource:
         if self._lines is None:
             self._lines = _LineTable.build(self.resolved, self.rows_loaded, split=self.source.split)
         return self._lines.locate(loaded)
+
+    def unreadable_reason(self, index: int) -> tuple[str, str] | None:
+        """(reason, text) when row `index` of the current dataset is a line that could not be read."""
+        if not self.unreadable:
+            return None
+        return self.unreadable.get(self.row_ids[index] if self.row_ids is not None else index)
 
     def original_row(self, row: Mapping) -> dict:
         """A row with your column names back (for the rejects file)."""
@@ -133,6 +158,17 @@ def resolve_source(source: DataSource, *, key: str, base_dir: Path) -> Resolved:
     raise DataError(
         f"{key}: {path} does not exist (relative paths start from {base_dir}, the config file's folder)"
     )
+
+
+def check_text_files(resolved: Resolved, *, key: str) -> None:
+    """A DataError when a JSON or CSV file is not UTF-8 text at all (UTF-16/32, binary): read from its
+    first 4 KiB, so cheap enough for `rlft validate`. Bad lines in a text file are rows (see above)."""
+    if resolved.kind not in ("json", "csv"):
+        return
+    for path in resolved.files:
+        problem = _not_utf8_text(path)
+        if problem:
+            raise DataError(f"{key}: {path} {problem}")
 
 
 def _check_readable(path: Path, *, key: str) -> None:
@@ -175,16 +211,20 @@ def load_source(
             f"{key}.split: files have one split, 'train'; {source.split!r} applies to hub datasets and "
             "save_to_disk folders (give each split its own file)"
         )
+    check_text_files(resolved, key=key)
     if resolved.kind == "csv":
         _check_csv_headers(resolved.files, fields, key=key, section=section)
-    dataset = LOADERS[resolved.kind](resolved, source, key=key, fields=fields)
+    unreadable: dict[int, tuple[str, str]] = {}
+    dataset = LOADERS[resolved.kind](resolved, source, key=key, fields=fields, unreadable=unreadable)
     if len(dataset) == 0:
         raise DataError(f"{key}: {resolved.label} has no rows")
     columns = list(dataset.column_names)
     renamed = _field_renames(columns, fields, key=key, label=resolved.label, section=section)
     if renamed:
         dataset = dataset.rename_columns(renamed)
-    return LoadedSource(key, source, resolved, dataset, columns, renamed, rows_loaded=len(dataset))
+    loaded = LoadedSource(key, source, resolved, dataset, columns, renamed, rows_loaded=len(dataset))
+    loaded.unreadable = unreadable
+    return loaded
 
 
 def _field_renames(
@@ -258,21 +298,144 @@ def _empty_file(files: list[Path], kind: str) -> str | None:
     return None
 
 
-def _load_json(resolved: Resolved, source: DataSource, *, key: str, fields: Mapping[str, str]) -> Dataset:
+def _load_json(
+    resolved: Resolved, source: DataSource, *, key: str, fields: Mapping[str, str], unreadable: dict
+) -> Dataset:
     from datasets import load_dataset
 
     files = [str(p) for p in resolved.files]
+
+    def load(copies: list[Path]) -> Dataset:
+        kept = load_dataset(
+            "json", data_files=[str(c) for c in copies], split="train", parse_agent_traces=False
+        )
+        return _exact_mixed_columns(kept, copies)
+
+    if not all(_is_utf8(p) for p in resolved.files):  # pyarrow would read bad bytes as U+FFFD, silently
+        return _by_line(resolved, key=key, unreadable=unreadable, reader=_json_lines, load=load, error=None)
     try:
         # parse_agent_traces=False: datasets 5 otherwise rewrites files that look like agent logs.
-        dataset = load_dataset("json", data_files=files, split="train", parse_agent_traces=False)
+        with _quiet_loader():  # a failure is explained below, row by row
+            dataset = load_dataset("json", data_files=files, split="train", parse_agent_traces=False)
     except Exception as e:  # datasets wraps pyarrow/JSON errors in several types
         empty = _empty_file(resolved.files, "json")
         if empty:
             raise DataError(f"{key}: {empty}; a data file needs at least one row") from e
-        raise DataError(
-            f"{key}: could not read {_bad_json_location(resolved.files) or resolved.label}: {_cause(e)}"
-        ) from e
+        if any(_is_json_array(p) for p in resolved.files):  # one document: no rows to tell apart
+            raise DataError(
+                f"{key}: could not read {_bad_json_location(resolved.files) or resolved.label}: {_cause(e)}"
+            ) from e
+        return _by_line(resolved, key=key, unreadable=unreadable, reader=_json_lines, load=load, error=e)
     return _exact_mixed_columns(dataset, resolved.files)
+
+
+@contextlib.contextmanager
+def _quiet_loader() -> Iterator[None]:
+    """No ERROR log from `datasets`' JSON/CSV builders while the fast reader tries a file."""
+    builders = logging.getLogger("datasets.packaged_modules")
+    level = builders.level
+    builders.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        builders.setLevel(level)
+
+
+def _by_line(
+    resolved: Resolved, *, key: str, unreadable: dict, reader, load, error: Exception | None
+) -> Dataset:
+    """The slow path, when the fast reader failed or would misread: `reader(path)` yields (row,
+    reason, text, line) per line (per CSV record); the rows it could read are loaded again, by `load(copies)`, from a
+    temporary copy, each unreadable line standing as an empty row noted in `unreadable`. When
+    every line reads, the failure was not a line's: it is reported as it was."""
+    import tempfile
+
+    suffix = ".csv" if resolved.kind == "csv" else ".jsonl"
+    with tempfile.TemporaryDirectory(prefix="rlft-rows-") as tmp:
+        copies, index, lines = [], 0, {}
+        for n, path in enumerate(resolved.files):
+            copy = Path(tmp) / f"{n}{suffix}"
+            with open(copy, "w", encoding="utf-8", newline="") as out:
+                header = None
+                for row, reason, text, line in reader(path):
+                    if resolved.kind == "csv":
+                        if header is None:
+                            header = row
+                            csv.writer(out).writerow(header)
+                            continue
+                        csv.writer(out).writerow(row if reason is None else [""] * len(header))
+                    else:
+                        out.write((json.dumps(row) if reason is None else "{}") + "\n")
+                    if reason is not None:
+                        unreadable[index] = (reason, text)
+                        lines.setdefault(n, line)
+                    index += 1
+            copies.append(copy)
+        if not unreadable and error is not None:
+            raise DataError(f"{key}: could not read {resolved.label}: {_cause(error)}") from error
+        if len(unreadable) == index:
+            n = min(lines)
+            raise DataError(
+                f"{key}: none of the {index} rows of {resolved.label} could be read; the first, "
+                f"{resolved.files[n]} line {lines[n]}: {unreadable[min(unreadable)][0]}"
+            ) from error
+        try:
+            return load(copies)
+        except Exception as e:  # what datasets cannot read even line by line: say so, no traceback
+            raise DataError(f"{key}: could not read {resolved.label}: {_cause(e)}") from e
+
+
+def _line_problem(raw: bytes) -> tuple[str | None, str]:
+    """(why this line is unreadable or None, its text)."""
+    text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+    shown = text if len(text) <= SHOWN_TEXT else text[:SHOWN_TEXT] + "..."
+    if len(raw) > MAX_ROW_BYTES:
+        return f"the line is {len(raw):,} bytes, over the limit of {MAX_ROW_BYTES:,} bytes for one row", shown
+    if b"\0" in raw:
+        return "holds binary data (NUL bytes), not text", shown
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return (
+            f"is not UTF-8 text (byte {raw[e.start : e.start + 1]!r} at column {e.start + 1}); save the file as UTF-8",
+            shown,
+        )
+    return None, shown
+
+
+def _json_lines(path: Path):
+    """(row, reason, text, line number) for each non-blank line of a JSON lines file."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            if number == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
+            if not raw.strip():
+                continue
+            reason, text = _line_problem(raw)
+            if reason is None:
+                try:
+                    row = json.loads(raw.rstrip(), parse_constant=_no_constant)
+                except json.JSONDecodeError as e:
+                    reason = f"not valid JSON: {e.msg} (column {e.colno}); fix the line or remove it"
+                except ValueError as e:
+                    reason = f"not valid JSON: {e}; fix the line or remove it"
+                else:
+                    if not isinstance(row, dict):
+                        reason = f'is not a JSON object ({{"field": value, ...}}), it is {_json_kind(row)}'
+                    else:
+                        yield row, None, text, number
+                        continue
+            yield None, reason, text, number
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number (write null, or a number)")
+
+
+def _json_kind(value: object) -> str:
+    return {list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
 
 
 def _exact_mixed_columns(dataset: Dataset, files: Sequence[Path]) -> Dataset:
@@ -304,7 +467,9 @@ def _exact_mixed_columns(dataset: Dataset, files: Sequence[Path]) -> Dataset:
     return dataset.select_columns(order)
 
 
-def _load_csv(resolved: Resolved, source: DataSource, *, key: str, fields: Mapping[str, str]) -> Dataset:
+def _load_csv(
+    resolved: Resolved, source: DataSource, *, key: str, fields: Mapping[str, str], unreadable: dict
+) -> Dataset:
     from datasets import load_dataset
 
     # Text columns are read as strings, as written: "42" stays "42" and "None" stays "None".
@@ -313,24 +478,66 @@ def _load_csv(resolved: Resolved, source: DataSource, *, key: str, fields: Mappi
     for path in resolved.files:
         header += [c for c in _csv_header(path) if c not in header]
     text = [c for c in header if c in text_columns]
-    files = [str(p) for p in resolved.files]
-    try:
+
+    def load(files: Sequence[Path]) -> Dataset:
         return load_dataset(
             "csv",
-            data_files=files,
+            data_files=[str(p) for p in files],
             split="train",
             converters=dict.fromkeys(text, str),
             keep_default_na=False,
             na_values={c: _CSV_NA for c in header if c not in text_columns},
         )
+
+    # pandas reads a record with an extra field as an index column and a short one as nulls, silently:
+    # every record is checked first (one pass of Python's csv module), and bad ones make it row by row.
+    if not all(_is_utf8(p) and _csv_fields_agree(p) for p in resolved.files):
+        return _by_line(resolved, key=key, unreadable=unreadable, reader=_csv_records, load=load, error=None)
+    try:
+        with _quiet_loader():
+            return load(resolved.files)
     except Exception as e:
         empty = _empty_file(resolved.files, "csv")
         if empty:
             raise DataError(f"{key}: {empty}; a data file needs at least one row") from e
-        raise DataError(f"{key}: could not read {resolved.label}: {_cause(e)}") from e
+        return _by_line(resolved, key=key, unreadable=unreadable, reader=_csv_records, load=load, error=e)
 
 
-def _load_parquet(resolved: Resolved, source: DataSource, *, key: str, fields: Mapping[str, str]) -> Dataset:
+def _csv_records(path: Path):
+    """(record, reason, text, line) for the header and each non-blank record of a CSV file; a record is
+    unreadable when it is not UTF-8 text, holds NUL bytes, is too long, or has another number of
+    fields than the header."""
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+        reader = csv.reader(f)
+        header = None
+        while True:
+            line = reader.line_num + 1
+            try:
+                record = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                yield [], f"is not a CSV record: {e}", "", line
+                continue
+            if not record:
+                continue
+            raw = ",".join(record).encode("utf-8", errors="surrogateescape")
+            reason, text = _line_problem(raw)
+            if header is None:
+                header = record
+                yield record, None, text, line
+                continue
+            if reason is None and len(record) != len(header):
+                reason = (
+                    f"has {len(record)} fields, the header has {len(header)} ({', '.join(header)}); "
+                    "quote a field that holds a comma"
+                )
+            yield record, reason, text, line
+
+
+def _load_parquet(
+    resolved: Resolved, source: DataSource, *, key: str, fields: Mapping[str, str], unreadable: dict
+) -> Dataset:
     from datasets import load_dataset
 
     try:
@@ -339,7 +546,9 @@ def _load_parquet(resolved: Resolved, source: DataSource, *, key: str, fields: M
         raise DataError(f"{key}: could not read {resolved.label}: {_cause(e)}") from e
 
 
-def _load_saved(resolved: Resolved, source: DataSource, *, key: str, fields: Mapping[str, str]) -> Dataset:
+def _load_saved(
+    resolved: Resolved, source: DataSource, *, key: str, fields: Mapping[str, str], unreadable: dict
+) -> Dataset:
     from datasets import DatasetDict, load_from_disk
 
     try:
@@ -359,7 +568,9 @@ def _load_saved(resolved: Resolved, source: DataSource, *, key: str, fields: Map
     return loaded
 
 
-def _load_hub(resolved: Resolved, source: DataSource, *, key: str, fields: Mapping[str, str]) -> Dataset:
+def _load_hub(
+    resolved: Resolved, source: DataSource, *, key: str, fields: Mapping[str, str], unreadable: dict
+) -> Dataset:
     from datasets import load_dataset
 
     try:
@@ -388,11 +599,80 @@ def _cause(error: BaseException) -> str:
 
 
 def _csv_header(path: Path) -> list[str]:
-    with open(path, newline="", encoding="utf-8") as f:
-        for record in csv.reader(f):
-            if record:
-                return record
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+        try:
+            for record in csv.reader(f):
+                if record:
+                    return record
+        except csv.Error:
+            pass
     return []
+
+
+def _is_utf8(path: Path) -> bool:
+    """True when the whole file decodes as UTF-8 and holds no NUL byte (read in 1 MiB blocks, at C speed)."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(2**20):
+                if b"\0" in block:
+                    return False
+                decoder.decode(block)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _csv_fields_agree(path: Path) -> bool:
+    """True when every record of a (UTF-8) CSV file has as many fields as its header: pyarrow's
+    streaming reader counts them (C++, one column kept); Python's csv module only finds the lines."""
+    import pyarrow.csv as pc
+
+    header = _csv_header(path)
+    if not header:
+        return True
+    wrong = []
+
+    def note(row) -> str:
+        wrong.append(row)
+        return "skip"
+
+    try:
+        reader = pc.open_csv(
+            path,
+            parse_options=pc.ParseOptions(invalid_row_handler=note, newlines_in_values=True),
+            convert_options=pc.ConvertOptions(
+                include_columns=[header[0]], column_types={header[0]: "string"}
+            ),
+        )
+        for _ in reader:
+            if wrong:
+                return False
+    except Exception:  # noqa: BLE001 - anything pyarrow cannot read: the row-by-row reader says what
+        return False
+    return not wrong
+
+
+def _not_utf8_text(path: Path) -> str | None:
+    """What the file is when its start shows it is not UTF-8 text (UTF-16/32, binary), else None."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    encoding = next((name for bom, name in _BOMS if head.startswith(bom)), None)
+    if encoding is None:
+        if head[1::2].count(0) > len(head) // 4 or head[0::2].count(0) > len(head) // 4:
+            encoding = "UTF-16"  # ASCII text in UTF-16 without a byte-order mark: every other byte is 0
+    if encoding:
+        return (
+            f"is {encoding} text; rlft reads UTF-8: convert it, e.g. "
+            f"iconv -f {encoding} -t UTF-8 {path.name} > {path.stem}.utf8{path.suffix}"
+        )
+    control = sum(head.count(bytes([c])) for c in (*range(9), *range(14, 27), *range(28, 32)))
+    if b"\0" in head and control > len(head) // 20:  # a stray NUL in a line is that row's problem
+        return "holds binary data, not text: is it the file you meant?"
+    return None
 
 
 def _bad_json_location(files: list[Path]) -> str | None:
@@ -463,7 +743,7 @@ def _row_lines(path: Path, kind: str) -> tuple[list[int] | None, int]:
         return None, pq.ParquetFile(path).metadata.num_rows
     if kind == "csv":
         lines, header_seen = [], False
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
             reader = csv.reader(f)
             while True:
                 start = reader.line_num + 1
@@ -471,6 +751,8 @@ def _row_lines(path: Path, kind: str) -> tuple[list[int] | None, int]:
                     record = next(reader)
                 except StopIteration:
                     break
+                except csv.Error:
+                    record = ["?"]  # unreadable: still a row (rlft.data.sources._csv_records)
                 if not record:  # blank line: skipped by the loader
                     continue
                 if header_seen:

@@ -29,6 +29,7 @@ from rlft.data.curate import curate, drop_rows
 from rlft.data.formats import (
     CONVERSATIONAL,
     FORMATS,
+    OPTIONAL_FIELDS,
     STANDARD,
     Detected,
     describe_formats,
@@ -39,7 +40,7 @@ from rlft.data.formats import (
 )
 from rlft.data.sources import LoadedSource, load_source
 from rlft.data.split import find_contaminated, split_eval
-from rlft.data.validate import Rejects, find_invalid, invalid_rows_error
+from rlft.data.validate import Rejects, column_in_use, find_invalid, invalid_rows_error
 from rlft.errors import DataError
 
 if TYPE_CHECKING:
@@ -317,6 +318,7 @@ def _checked(
             why=f"{section}.on_invalid is skip, but no rejects file was given to write them to (rlft bug: "
             "the stage must pass rejects_path)",
         )
+    first = "; ".join(i.message(section=section) for i in invalid[:2])  # before the rows go
     if invalid:
         rejects.write(invalid)
         for part in parts:
@@ -324,9 +326,19 @@ def _checked(
             if bad:
                 part.rows_rejected = len(bad)
                 part.take([i for i in range(len(part.dataset)) if i not in bad])
+    for part in parts:  # an optional column no kept row uses (all null) is dropped: trainers read it as set
+        unused = [f for f in OPTIONAL_FIELDS.get(detected.format, ()) if f in part.dataset.column_names]
+        unused = [f for f in unused if len(part.dataset) and not column_in_use(part.dataset, f)]
+        if unused:
+            part.dataset = part.dataset.remove_columns(unused)
     kept = [p.dataset for p in parts if len(p.dataset)]
+    if not kept and not invalid:
+        raise DataError(f"{key}: no rows to check (max_rows or the weights left none)")
     if not kept:
-        raise DataError(f"{key}: no valid rows left: all {len(invalid)} were rejected (see {rejects.path})")
+        rejects.keep()  # the message points to it
+        raise DataError(
+            f"{key}: no valid rows left: all {len(invalid)} were rejected (see {rejects.path}); the first: {first}"
+        )
     return _concatenate(kept, key=key)
 
 

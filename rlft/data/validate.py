@@ -26,12 +26,16 @@ class Invalid:
 
     part: LoadedSource
     index: int  # row of part.dataset
-    field: str  # canonical field
+    field: str  # canonical field; "" for a line that could not be read (the reason says why)
     reason: str
 
     def message(self, *, section: str) -> str:
-        """`data.train: row 17 of /abs/prefs.jsonl (line 17): field 'completion' is empty`."""
-        return f"{self.part.key}: {self.part.locate(self.index)}: field {self.field_label(section=section)} {self.reason}"
+        """`data.train: row 17 of /abs/prefs.jsonl (line 17): field 'completion' is empty`, or for a
+        line that could not be read, `...(line 4): not valid JSON: ...`."""
+        where = f"{self.part.key}: {self.part.locate(self.index)}"
+        if not self.field:
+            return f"{where}: {self.reason}"
+        return f"{where}: field {self.field_label(section=section)} {self.reason}"
 
     def column(self) -> str:
         """Your name for the field (the column that data.fields renamed to it, if any)."""
@@ -47,17 +51,34 @@ def find_invalid(part: LoadedSource, detected: Detected, *, style: str) -> list[
     """Every invalid row of `part`, in order. Reads only the format's columns (and its optional
     ones, e.g. a preference margin, when present), in Arrow batches."""
     optional = [f for f in OPTIONAL_FIELDS.get(detected.format, ()) if f in part.dataset.column_names]
+    # An optional column no row gives a number (e.g. one row's "margin": "high", the others none) is
+    # not in use: its nulls are fine, and only the rows whose value breaks its type are invalid.
+    unused = {f for f in optional if not column_in_use(part.dataset, f)}
     columns = [*detected.fields, *optional]
     dataset = part.dataset.select_columns(columns)
     invalid, start = [], 0
     for batch in dataset.iter(batch_size=BATCH_ROWS):
         n = len(batch[detected.fields[0]])
         for j in range(n):
-            problem = check_row({f: batch[f][j] for f in columns}, detected, style=style)
+            unreadable = part.unreadable_reason(start + j)
+            if unreadable:
+                invalid.append(Invalid(part, start + j, "", unreadable[0]))
+                continue
+            row = {f: batch[f][j] for f in columns if not (f in unused and batch[f][j] is None)}
+            problem = check_row(row, detected, style=style)
             if problem:
                 invalid.append(Invalid(part, start + j, *problem))
         start += n
     return invalid
+
+
+def column_in_use(dataset, name: str) -> bool:
+    """True when some row of an optional numeric column (margin) holds a number."""
+    return any(
+        isinstance(v, int | float) and not isinstance(v, bool)
+        for batch in dataset.select_columns([name]).iter(batch_size=BATCH_ROWS)
+        for v in batch[name]
+    )
 
 
 def invalid_rows_error(invalid: list[Invalid], *, key: str, section: str, why: str = "") -> DataError:
@@ -89,11 +110,18 @@ class Rejects:
         return self
 
     def __exit__(self, error_type, error, traceback) -> None:
+        if self._file.closed:  # kept already
+            return
         self._file.close()
         if error_type is None:
             os.replace(self._tmp, self.path)
         else:
             self._tmp.unlink(missing_ok=True)
+
+    def keep(self) -> None:
+        """Close and keep the file now, before raising an error whose message points to it."""
+        self._file.close()
+        os.replace(self._tmp, self.path)
 
     def write_record(self, record: dict) -> None:
         """Write one record as it is; curation and decontamination write {"step", "reason", "data", ...}."""
@@ -110,14 +138,15 @@ class Rejects:
             rows = part.dataset.select([i.index for i in items])
             for item, row in zip(items, rows, strict=True):
                 where = part.locate(item.index)
+                unreadable = part.unreadable_reason(item.index)
                 record = {
                     "source": where.source,
                     "row": where.row,
                     "line": where.line,
                     "key": part.key,
-                    "field": item.column(),
+                    "field": item.column() if item.field else None,
                     "reason": item.reason,
-                    "data": part.original_row(row),
+                    "data": unreadable[1] if unreadable else part.original_row(row),
                 }
                 self._file.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
                 self.count += 1

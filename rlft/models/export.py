@@ -395,8 +395,10 @@ def _card_name(source: Path | None, chain: list[dict[str, Any]]) -> str:
 def _pipeline_name(run_dir: Path) -> str | None:
     import yaml
 
+    from rlft import yamlio
+
     try:
-        name = (yaml.safe_load((run_dir / "pipeline.yaml").read_text()) or {}).get("name")
+        name = (yamlio.safe_load((run_dir / "pipeline.yaml").read_text()) or {}).get("name")
     except (OSError, yaml.YAMLError, AttributeError):
         return None
     return str(name) if name else None

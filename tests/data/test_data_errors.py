@@ -161,7 +161,7 @@ def test_malformed_json_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "a"}\n\n{"text": "b",}\n')
     line = first_line(tmp_path, "bad.jsonl")
-    assert line.startswith(f"data.train: could not read {path} line 3: ")
+    assert line.startswith(f"data.train: row 2 of {path} (line 3): not valid JSON: ")
 
 
 @pytest.mark.parametrize(

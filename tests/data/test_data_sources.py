@@ -156,15 +156,26 @@ def test_path_errors(tmp_path):
 
 
 def test_invalid_json_cites_the_line(tmp_path):
-    (tmp_path / "bad.jsonl").write_text('{"text": "a"}\n\n{"text": "b",}\n')
-    with pytest.raises(DataError, match=r"data\.train: could not read .*bad\.jsonl line 3: "):
+    (tmp_path / "bad.jsonl").write_text('{"text": "a"}\n\n{"text": "b",}\n{"text": "c"}\n')
+    # a line that is not JSON is one invalid row, not the end of the file
+    with pytest.raises(DataError) as e:
         load(tmp_path, "bad.jsonl")
+    assert str(e.value).startswith(
+        f"data.train: row 2 of {tmp_path / 'bad.jsonl'} (line 3): not valid JSON: Expecting property name"
+    )
+    assert "(1 invalid row in data.train;" in str(e.value)
+
+
+def test_a_json_array_file_that_is_not_json_cites_the_line(tmp_path):
+    (tmp_path / "bad.json").write_text('[{"text": "a"},\n{"text": ]\n')
+    with pytest.raises(DataError, match=r"data\.train: could not read .*bad\.json line 2: "):
+        load(tmp_path, "bad.json")
 
 
 def test_a_name_that_is_no_local_path_is_a_hub_dataset(tmp_path, monkeypatch):
     calls = []
 
-    def fake_hub(resolved, source, *, key, fields):
+    def fake_hub(resolved, source, *, key, fields, unreadable):
         from datasets import Dataset
 
         calls.append((resolved.label, source.subset, source.split))
