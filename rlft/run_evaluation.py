@@ -258,7 +258,7 @@ def _log_to_wandb(
     from rlft.judge import prompt_text
     from rlft.tracking import Tracker
 
-    raw = yaml.safe_load((run / "pipeline.yaml").read_text()) or {}
+    raw = yamlio.safe_load((run / "pipeline.yaml").read_text()) or {}
     tracking = TrackingConfig.model_validate(raw.get("tracking") or {})
     run_ids = [r["run_id"] for r in records.values() if r.get("run_id")]
     tracker = Tracker(run / "_eval" / "metrics.jsonl", log_dir=run / "_eval")
