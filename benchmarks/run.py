@@ -2,7 +2,7 @@
 
     python benchmarks/run.py                 # every benchmark, full repeats
     python benchmarks/run.py --quick         # fewer steps and repeats (the README table's run)
-    python benchmarks/run.py --only wrapper  # one of: wrapper, quickstart, ref_cache, data, tuning
+    python benchmarks/run.py --only wrapper  # one of: wrapper, quickstart, ref_cache, data, tuning, padding
 
 Each benchmark writes `benchmarks/results/<name>.json` (the machine, its load average, package
 versions, the date, and each figure's median, min and max over the repeats); the table printed at
@@ -18,6 +18,7 @@ shared machine. Nothing here asserts a speed; the goals are printed beside the f
 | `ref_cache`  | a 3-point DPO β sweep with cached reference log-probs vs without     | >= 1.3x    |
 | `data`       | load + validation + curation of synthetic preference rows            | rows/s     |
 | `tuning`     | seconds per step and peak memory of each tuning method on SFT        | -          |
+| `padding`    | SFT on skewed lengths: padding-free and packed batches vs padded     | >= 1.5x    |
 """
 
 from __future__ import annotations
@@ -273,6 +274,93 @@ def tuning(quick: bool) -> dict[str, Any]:
     return out
 
 
+def skewed_rows(n: int, *, seed: int = 0) -> list[dict[str, str]]:
+    """Prompt-completion rows of letter lists whose token counts are skewed: median about 64, a tail
+    to about 1,000 (log-normal), as chat data often is."""
+    import math
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        total = min(1000, max(8, int(math.exp(rng.gauss(math.log(64), 0.9)))))
+        letters = [rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(total // 2)]
+        rows.append({"prompt": "shout: " + " ".join(letters), "completion": " ".join(letters).upper()})
+    return rows
+
+
+PADDING = {"padded": {}, "padding_free": {"padding_free": True}, "packing": {"packing": True}}
+
+
+def padding(quick: bool) -> dict[str, Any]:
+    """SFT tokens per second on skewed lengths: padded batches against padding-free and packed ones."""
+    from rlft.models.tiny import build_tiny_from_texts
+
+    rows, repeats = (400, 1) if quick else (1600, 2)
+    with tempfile.TemporaryDirectory(prefix="rlft-bench-padding-") as tmp:
+        work = Path(tmp)
+        data = skewed_rows(rows)
+        (work / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
+        model = build_tiny_from_texts(
+            [r["prompt"] + " " + r["completion"] for r in data[:200]],
+            work / "model",
+            hidden_size=128,
+            num_layers=2,
+            max_position_embeddings=2048,
+        )
+        sides = {}
+        for name, keys in PADDING.items():
+            stage = {
+                "name": "sft",
+                "kind": "sft",
+                "model": {"path": str(model)},
+                "data": {"train": str(work / "train.jsonl")},
+                "evaluate": False,
+                "trainer": {
+                    "num_train_epochs": 1,
+                    "per_device_train_batch_size": 8,
+                    "logging_steps": 10,
+                    "max_length": 2048,
+                    **keys,
+                },
+            }
+            pipeline = work / f"{name}.yaml"
+            pipeline.write_text(json.dumps({"name": f"padding-{name}", "report": False, "stages": [stage]}))
+
+            def side(name=name, pipeline=pipeline, counter=[0]) -> dict[str, float]:  # noqa: B006 - a run counter
+                counter[0] += 1
+                run_dir = work / f"{name}-{counter[0]}"
+                run_command(
+                    [python(), "-m", "rlft", "run", str(pipeline), "--run-dir", str(run_dir)], env=quiet_env()
+                )
+                metrics = [
+                    json.loads(x) for x in (run_dir / "sft" / "metrics.jsonl").read_text().splitlines()
+                ]
+                loop = next(m["train/runtime"] for m in reversed(metrics) if "train/runtime" in m)
+                losses = [m["train/loss"] for m in metrics if "train/loss" in m]
+                return {"seconds": loop, "last_loss": losses[-1] if losses else float("nan")}
+
+            sides[name] = side
+        figures = interleave(sides, repeats)
+    padded = Figure("padded", "s", figures["padded"]["seconds"])
+    out_rows = []
+    for name in ("padding_free", "packing"):
+        other = Figure(name, "s", figures[name]["seconds"])
+        out_rows.append(
+            {
+                "figure": f"SFT on skewed lengths ({rows} rows, median ~64 tokens): {name} vs padded batches",
+                "rlft": f"{other.median:.1f} s per epoch",
+                "baseline": f"{padded.median:.1f} s (padded)",
+                "ratio": {**Ratio(name, padded, other).as_dict(), "goal": ">= 1.5x faster"},
+                "note": "padded/this: above 1 is faster",
+            }
+        )
+    return {
+        "figures": {k: {m: Figure(m, "", v).as_dict() for m, v in f.items()} for k, f in figures.items()},
+        "rows": out_rows,
+    }
+
+
 def wrapper(quick: bool) -> dict[str, Any]:
     import wrapper as bench
 
@@ -285,6 +373,7 @@ BENCHMARKS = {
     "ref_cache": ref_cache,
     "data": data,
     "tuning": tuning,
+    "padding": padding,
 }
 
 

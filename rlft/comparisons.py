@@ -194,3 +194,18 @@ def calibration(margins: Sequence[float], *, bins: int = 10) -> Calibration:
             }
         )
     return Calibration(ece=float(ece), n=len(m), bins=table)
+
+
+def length_statistics(completions: Sequence[str]) -> dict[str, float]:
+    """Lengths of answers, in characters, and the two shares where reward hacking shows first:
+    answers that are empty (or only whitespace), and degenerate ones (four or more words, all the
+    same word: one token repeated)."""
+    lengths = np.array([len(c) for c in completions], dtype=float)
+    words = [c.split() for c in completions]
+    return {
+        "mean_length": float(lengths.mean()),
+        "median_length": float(np.median(lengths)),
+        "p90_length": float(np.percentile(lengths, 90)),
+        "empty_share": sum(not w for w in words) / len(words),
+        "repeat_share": sum(len(w) >= 4 and len(set(w)) == 1 for w in words) / len(words),
+    }

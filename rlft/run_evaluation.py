@@ -12,7 +12,9 @@ pipeline's `evaluate:` prompts:
     judge            with `evaluate.judge` (or --judge): a pairwise LLM judge's win rate of the greedy
                      completions against the baseline's, each pair asked in both orders (a tie when the
                      orders disagree), with its bootstrap interval (rlft.judge)
-    length           mean characters of the greedy completions
+    length           mean characters of the greedy completions (median_length, p90_length in the
+                     files), and the shares of empty answers and of one word repeated (empty_share,
+                     repeat_share), where reward hacking shows first
     held out         what the stage measured on its own held-out data at its end (stage.json): an SFT
                      stage's perplexity on its eval split, a preference stage's preference accuracy
 
@@ -64,6 +66,10 @@ COLUMNS = (
     "kl",
     "kl_stderr",
     "mean_length",
+    "median_length",
+    "p90_length",
+    "empty_share",
+    "repeat_share",
     "perplexity",
     "preference_accuracy",
     "pair_accuracy",
@@ -174,7 +180,7 @@ def _evaluate_stage(
     options: dict[str, int],
     judge: tuple[JudgeConfig, Any] | None = None,
 ) -> dict[str, Any]:
-    from rlft.comparisons import length_controlled_win_rate, outcomes, win_rate
+    from rlft.comparisons import length_controlled_win_rate, length_statistics, outcomes, win_rate
     from rlft.evaluation import sampled_completions, sampled_kl
 
     prompts = [r["prompt"] for r in rows]
@@ -185,7 +191,7 @@ def _evaluate_stage(
     row: dict[str, Any] = {"stage": name, "kind": kind, "baseline": baseline}
     row |= _recorded_policy_columns(kind, read_json(run / name / "stage.json") or {})
     row["task_reward"] = sum(task) / len(task)
-    row["mean_length"] = sum(len(c) for c in greedy) / len(greedy)
+    row |= length_statistics(greedy)
     if samples > 0:
         sampled = sampled_completions(
             model, tokenizer, prompts, samples_per_prompt=samples, seed=seed, **options

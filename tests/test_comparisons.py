@@ -7,6 +7,7 @@ from rlft.comparisons import (
     both_orders,
     calibration,
     length_controlled_win_rate,
+    length_statistics,
     outcomes,
     sequence_kl,
     win_rate,
@@ -91,3 +92,14 @@ def test_calibration_by_hand():
     assert calibration([-60.0, -80.0]).ece == pytest.approx(1.0)  # sure and wrong
     with pytest.raises(ValueError, match="one margin per held-out pair"):
         calibration([])
+
+
+def test_length_statistics_count_empty_and_repeated_answers():
+    answers = ["A B C", "", "   ", "x x x x", "x x x", "ab ab ab ab ab", "A B C D E F G H I J"]
+    got = length_statistics(answers)
+    lengths = [5, 0, 3, 7, 5, 14, 19]
+    assert got["mean_length"] == pytest.approx(sum(lengths) / 7)
+    assert got["median_length"] == 5
+    assert got["p90_length"] == pytest.approx(np.percentile(lengths, 90))
+    assert got["empty_share"] == pytest.approx(2 / 7)  # "" and whitespace only
+    assert got["repeat_share"] == pytest.approx(2 / 7)  # "x x x x" and "ab ab ...": "x x x" is too short
