@@ -289,7 +289,11 @@ def skewed_rows(n: int, *, seed: int = 0) -> list[dict[str, str]]:
     return rows
 
 
-PADDING = {"padded": {}, "padding_free": {"padding_free": True}, "packing": {"packing": True}}
+PADDING = {
+    "padded": {},
+    "padding_free": {"padding_free": True, "max_length": None},  # TRL: no max_length without packing
+    "packing": {"packing": True},
+}
 
 
 def padding(quick: bool) -> dict[str, Any]:
