@@ -167,6 +167,7 @@ def run(cfg: GenerateStage, ctx: StageContext) -> StageResult:
     report = write_outputs(cfg, ctx.artifact_dir, prompts, samples, scores)
     report["sampling_seconds"] = round(seconds, 2)
     report["samples_per_second"] = round(report["samples"] / max(seconds, 1e-9), 1)
+    (ctx.artifact_dir / "generate_report.json").write_text(json.dumps(report, indent=2) + "\n")
     ctx.log(describe(report))
     metrics = {f"generate/{k}": v for k, v in report.items() if isinstance(v, int | float)}
     return StageResult(
@@ -183,7 +184,7 @@ def write_outputs(
     samples: list[list[str]],
     scores: list[list[float]],
 ) -> dict[str, Any]:
-    """Write the files `cfg.write` asks for into `out` and generate_report.json; returns the report."""
+    """Write the files `cfg.write` asks for into `out`; returns the data report (counts, mean scores)."""
     from rlft.generation import as_completion, best_of_n, select_pairs
 
     flat = [s for group in scores for s in group]
@@ -229,7 +230,6 @@ def write_outputs(
             for k, (text, score) in enumerate(zip(group, group_scores, strict=True))
         ]
         _write_jsonl(out / "scored.jsonl", rows)
-    (out / "generate_report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
