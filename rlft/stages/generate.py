@@ -248,7 +248,7 @@ def describe(report: dict[str, Any]) -> str:
 
 
 def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
+    return round(sum(values) / len(values), 6) if values else None
 
 
 def _num(value: float | None) -> str:
