@@ -256,7 +256,7 @@ def _run_stages(
                 )
         stage_dirs = _finished_dirs(run_dir, outcomes)
         for key, ref, file in stage.data_references():
-            if not (Path(stage_dirs.get(ref, run_dir / ref)) / file).is_file():
+            if ref not in stage_dirs or not (Path(stage_dirs[ref]) / file).is_file():
                 raise ConfigError(
                     f"stages.{stage.name}.{key}.from: stage '{ref}' has no finished {file} in {run_dir}; "
                     f"run it first (rlft run {pipeline.label} --only {ref})"
