@@ -38,11 +38,46 @@ def sample_completions(
 ) -> list[list[str]]:
     """`num_samples` sampled completions per prompt: (N prompts) -> N lists of `num_samples` texts.
 
-    Every prompt is repeated `num_samples` times and the (prompt, sample) sequences run through
-    `model.generate` (KV-cached) in left-padded batches of `batch_size`; each batch is seeded on its
-    own (BATCH_SEED_STRIDE), so the same seed gives the same text. A conversational prompt is
-    rendered with the chat template and its generation prompt. Text is decoded up to the first EOS,
-    special tokens dropped, stripped.
+    One process's whole job: `sample_batches` with every batch, regrouped by prompt."""
+    batches = sample_batches(
+        model,
+        tokenizer,
+        prompts,
+        num_samples=num_samples,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        seed=seed,
+        progress=progress,
+    )
+    flat = [text for index in sorted(batches) for text in batches[index]]
+    return [flat[i : i + num_samples] for i in range(0, len(flat), num_samples)]
+
+
+def sample_batches(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Prompt],
+    *,
+    num_samples: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 64,
+    batch_size: int = 64,
+    seed: int = 0,
+    progress: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict[int, list[str]]:
+    """This process's batches of samples: {batch index: its texts}.
+
+    Every prompt is repeated `num_samples` times (prompt-major: sequence k is prompt k // num_samples)
+    and the sequences run through `model.generate` (KV-cached) in left-padded batches of
+    `batch_size`; this process takes the batches whose index % world_size == rank. Each batch is
+    seeded on its own (BATCH_SEED_STRIDE), so the same seed and batch_size give the same text, in
+    one process or several. A conversational prompt is rendered with the chat template and its
+    generation prompt. Text is decoded up to the first EOS, special tokens dropped, stripped.
     """
     import torch
     from tqdm import tqdm
@@ -54,17 +89,18 @@ def sample_completions(
         raise ValueError(f"temperature must be > 0 for sampling (got {temperature})")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = [ids for ids in encode_prompts(tokenizer, prompts) for _ in range(num_samples)]
-    flat: list[str] = []
+    mine = [i for i in range(0, -(-len(encoded) // batch_size)) if i % world_size == rank]
+    out: dict[int, list[str]] = {}
     was_training = model.training
     model.eval()
     fix_prompt_learning(model)
-    starts = range(0, len(encoded), batch_size)
     try:
         with torch.inference_mode(), torch.random.fork_rng(devices=[]):
-            for index, start in enumerate(tqdm(starts, desc="sampling", unit="batch", disable=not progress)):
+            for index in tqdm(mine, desc="sampling", unit="batch", disable=not progress):
                 torch.manual_seed(seed * BATCH_SEED_STRIDE + index)
-                prompt_ids, prompt_mask = left_pad(encoded[start : start + batch_size], pad_id)  # (B, P)
-                out = model.generate(
+                batch = encoded[index * batch_size : (index + 1) * batch_size]
+                prompt_ids, prompt_mask = left_pad(batch, pad_id)  # (B, P)
+                generated = model.generate(
                     input_ids=prompt_ids.to(model.device),
                     attention_mask=prompt_mask.to(model.device),
                     do_sample=True,
@@ -76,10 +112,10 @@ def sample_completions(
                     pad_token_id=pad_id,
                     use_cache=True,
                 )  # (B, P + A)
-                flat += [_decode(tokenizer, ids) for ids in out[:, prompt_ids.shape[1] :].tolist()]
+                out[index] = [_decode(tokenizer, ids) for ids in generated[:, prompt_ids.shape[1] :].tolist()]
     finally:
         model.train(was_training)
-    return [flat[i : i + num_samples] for i in range(0, len(flat), num_samples)]
+    return out
 
 
 def _decode(tokenizer: Any, ids: list[int]) -> str:
@@ -100,15 +136,30 @@ def score_samples(
     samples: Sequence[Sequence[str]],
     fields: dict[str, list[Any]] | None = None,
 ) -> list[list[float]]:
-    """One score per sample, shaped as `samples` (N prompts x K samples), from a reward with the one
-    signature `f(prompts, completions, **fields)`; each prompt's fields are repeated for its samples."""
-    flat_prompts = [p for p, group in zip(prompts, samples, strict=True) for _ in group]
-    completions = [as_completion(p, c) for p, group in zip(prompts, samples, strict=True) for c in group]
-    repeated = {
-        key: [v for v, group in zip(values, samples, strict=True) for _ in group]
-        for key, values in (fields or {}).items()
-    }
-    values = list(reward_fn(flat_prompts, completions, **repeated))
+    """One score per sample, shaped as `samples` (N prompts x K samples); each prompt's fields are
+    repeated for its samples (see `score_flat`)."""
+    owners = [p for p, group in enumerate(samples) for _ in group]
+    scores = score_flat(reward_fn, prompts, [c for group in samples for c in group], owners, fields)
+    out, i = [], 0
+    for group in samples:
+        out.append(scores[i : i + len(group)])
+        i += len(group)
+    return out
+
+
+def score_flat(
+    reward_fn: Callable[..., list[float]],
+    prompts: Sequence[Prompt],
+    texts: Sequence[str],
+    owners: Sequence[int],
+    fields: dict[str, list[Any]] | None = None,
+) -> list[float]:
+    """One score per text, text i answering prompt `owners[i]`, from a reward with the one signature
+    `f(prompts, completions, **fields)`: completions in their prompt's style, fields per prompt."""
+    flat_prompts = [prompts[p] for p in owners]
+    completions = [as_completion(prompts[p], t) for p, t in zip(owners, texts, strict=True)]
+    repeated = {key: [values[p] for p in owners] for key, values in (fields or {}).items()}
+    values = list(reward_fn(flat_prompts, completions, **repeated)) if texts else []
     if len(values) != len(completions):
         raise ValueError(f"the reward returned {len(values)} scores for {len(completions)} completions")
     scores = []
@@ -119,11 +170,7 @@ def score_samples(
                 f"the reward gave {v!r} for completion {i}; it must give one finite number per completion"
             )
         scores.append(score)
-    out, i = [], 0
-    for group in samples:
-        out.append(scores[i : i + len(group)])
-        i += len(group)
-    return out
+    return scores
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@
 
 A later stage reads a file with `data: {train: {from: STAGE}}` (pairs.jsonl) or
 `{from: STAGE, file: best_of_n}`; its content hash is part of that stage's inputs.
-Single-process only: under several processes the stage stops with a ConfigError.
+Under several processes (`launch:`) each one samples and scores its share of the batches (every
+batch seeded on its own: the same files as one process) and rank 0 writes them.
 """
 
 from __future__ import annotations
@@ -121,17 +122,14 @@ class GenerateStage(StageBase):
 
 def run(cfg: GenerateStage, ctx: StageContext) -> StageResult:
     import torch
+    from accelerate import PartialState
 
-    from rlft.distributed import world_size
-    from rlft.generation import sample_completions, score_samples
     from rlft.models.loading import load_tokenizer, resolve_source
     from rlft.reference import load_merged_model
 
-    if world_size() > 1:
-        raise ConfigError(
-            f"stages.{cfg.name}: kind generate runs in one process (this launch has {world_size()}); "
-            "remove its `launch:` or run it with one process"
-        )
+    # the process group as `accelerate launch` configured it (gloo on the CPU); one process: no group
+    state = PartialState(cpu=not torch.cuda.is_available())
+    rank, world = state.process_index, state.num_processes
     reward_fn = build_reward_fn(cfg, ctx)
     resolved = resolve_source(
         cfg.model, model_paths=ctx.model_paths, run_dir=ctx.run_dir, base_dir=ctx.base_dir
@@ -139,16 +137,65 @@ def run(cfg: GenerateStage, ctx: StageContext) -> StageResult:
     ctx.log(f"model: {resolved.description}")
     tokenizer, fixups = load_tokenizer(resolved)
     model = load_merged_model(resolved, dtype=cfg.model.dtype, tokenizer=tokenizer, log=ctx.log)
-    if torch.cuda.is_available():
-        model.to("cuda")
+    model.to(state.device)
     data = load_data(cfg, ctx, formats=("prompt_only",), tokenizer=tokenizer, key="prompts")
     rows = data.train.to_list()
     prompts = [row["prompt"] for row in rows]
     fields = {k: [row[k] for row in rows] for k in data.train.column_names if k != "prompt"}
-    ctx.log(f"sampling {cfg.num_samples} completions for each of {len(prompts)} prompts")
+    ctx.log(
+        f"sampling {cfg.num_samples} completions for each of {len(prompts)} prompts on {world} process(es)"
+    )
 
     start = time.time()
-    samples = sample_completions(
+    mine = sample_and_score(cfg, model, tokenizer, prompts, fields, reward_fn, rank=rank, world_size=world)
+    parts = [mine]
+    if world > 1:  # every process sampled and scored its share of the batches: rank 0 writes them all
+        from accelerate.utils import gather_object
+
+        parts = gather_object([mine])
+    errors = [part["error"] for part in parts if "error" in part]
+    if errors:  # on every process, so none waits for the others
+        raise ConfigError(f"stages.{cfg.name}.reward: {errors[0]}")
+    seconds = time.time() - start
+    batches = {index: batch for part in parts for index, batch in part["batches"].items()}
+    texts = [t for index in sorted(batches) for t in batches[index][0]]
+    flat_scores = [s for index in sorted(batches) for s in batches[index][1]]
+    k = cfg.num_samples
+    samples = [texts[i : i + k] for i in range(0, len(texts), k)]
+    scores = [flat_scores[i : i + k] for i in range(0, len(flat_scores), k)]
+    rank_info = {"rank": rank, "world_size": world, "batches": sorted(mine.get("batches", {}))}
+    if not state.is_main_process:
+        return StageResult(has_model=False, rank=rank_info)
+    report = write_outputs(cfg, ctx.artifact_dir, prompts, samples, scores)
+    report["sampling_seconds"] = round(seconds, 2)  # sampling and scoring, all processes
+    report["samples_per_second"] = round(report["samples"] / max(seconds, 1e-9), 1)
+    report["processes"] = world
+    (ctx.artifact_dir / "generate_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    ctx.log(describe(report))
+    metrics = {f"generate/{k}": v for k, v in report.items() if isinstance(v, int | float)}
+    return StageResult(
+        metrics=metrics,
+        info={"tokenizer_fixups": fixups, "model": resolved.description, "generate": report},
+        has_model=False,
+        rank=rank_info,
+    )
+
+
+def sample_and_score(
+    cfg: GenerateStage,
+    model: Any,
+    tokenizer: Any,
+    prompts: list[Any],
+    fields: dict[str, list[Any]],
+    reward_fn: Any,
+    *,
+    rank: int,
+    world_size: int,
+) -> dict[str, Any]:
+    """This process's share: {"batches": {batch index: (texts, scores)}}, or {"error": why the reward failed}."""
+    from rlft.generation import sample_batches, score_flat
+
+    batches = sample_batches(
         model,
         tokenizer,
         prompts,
@@ -158,23 +205,19 @@ def run(cfg: GenerateStage, ctx: StageContext) -> StageResult:
         max_new_tokens=cfg.max_new_tokens,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
+        progress=rank == 0,
+        rank=rank,
+        world_size=world_size,
     )
-    seconds = time.time() - start
-    try:
-        scores = score_samples(reward_fn, prompts, samples, fields)
-    except ValueError as e:
-        raise ConfigError(f"stages.{cfg.name}.reward: {e}") from None
-    report = write_outputs(cfg, ctx.artifact_dir, prompts, samples, scores)
-    report["sampling_seconds"] = round(seconds, 2)
-    report["samples_per_second"] = round(report["samples"] / max(seconds, 1e-9), 1)
-    (ctx.artifact_dir / "generate_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    ctx.log(describe(report))
-    metrics = {f"generate/{k}": v for k, v in report.items() if isinstance(v, int | float)}
-    return StageResult(
-        metrics=metrics,
-        info={"tokenizer_fixups": fixups, "model": resolved.description, "generate": report},
-        has_model=False,
-    )
+    scored = {}
+    for index, texts in batches.items():
+        # sequence j of batch `index` answers prompt (index * batch_size + j) // num_samples
+        owners = [(index * cfg.batch_size + j) // cfg.num_samples for j in range(len(texts))]
+        try:
+            scored[index] = (texts, score_flat(reward_fn, prompts, texts, owners, fields))
+        except ValueError as e:
+            return {"error": str(e)}
+    return {"batches": scored}
 
 
 def write_outputs(
