@@ -219,3 +219,24 @@ def test_a_sweep_over_the_generate_stage_changes_its_readers(tmp_path):
     path.write_text(pipeline_yaml())
     assert changed_stages(load_pipeline(path), ["stages.gen.temperature"]) == ["gen", "dpo"]
     assert changed_stages(load_pipeline(path), ["stages.dpo.beta"]) == ["dpo"]
+
+
+@pytest.mark.slow
+def test_two_processes_write_the_same_files_as_one(tmp_path):
+    """launch/cpu_2proc: each rank samples and scores every other batch; rank 0 writes them all."""
+    files = {}
+    for launch in ("", "launch: cpu_2proc\n"):
+        text = pipeline_yaml().split("- name: dpo\n")[0]  # the generate stage alone
+        text = text.replace("batch_size: 32", "batch_size: 8").replace(
+            "write: [pairs, best_of_n]", "write: [pairs, scored]"
+        )
+        path = tmp_path / f"p{len(launch)}.yaml"
+        path.write_text(text.replace("stages:", f"{launch}stages:"))
+        run_dir = tmp_path / f"run{len(launch)}"
+        run_pipeline(load_pipeline(path), run_dir=run_dir)
+        files[launch] = [(run_dir / "gen" / name).read_text() for name in ("pairs.jsonl", "scored.jsonl")]
+    record = json.loads((run_dir / "gen" / "stage.json").read_text())
+    assert record["world_size"] == 2 and record["info"]["generate"]["processes"] == 2
+    ranks = [json.loads((run_dir / "gen" / "ranks" / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert [r["batches"] for r in ranks] == [[0, 2, 4, 6], [1, 3, 5, 7]]  # 16 prompts x 4 samples / 8
+    assert files[""] == files["launch: cpu_2proc\n"]
