@@ -236,7 +236,7 @@ class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     train: SourceSpec = Field(
-        description="a source ({path, split, subset, weight}), a path string, or a list of them (mixed by weight)"
+        description="a source ({path, split, subset, weight}, or {from: STAGE, file}: a generate stage's output), a path string, or a list of them (mixed by weight)"
     )
     eval: SourceSpec | None = Field(
         None, description="held-out sources; None = split eval_fraction off train"
