@@ -36,6 +36,7 @@ _EXPORTS = {
     "ContrastiveStage": "rlft.stages.contrastive",
     "MultitaskStage": "rlft.stages.multitask",
     "EvaluateStage": "rlft.stages.evaluate",
+    "GenerateStage": "rlft.stages.generate",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -34,6 +34,7 @@ import yaml
 from rlft import stage_server
 from rlft.artifacts import hash_json, hash_path, link_dir, read_json, write_json_atomic
 from rlft.config import ModelSource
+from rlft.data.config import as_sources
 from rlft.distributed import outer_launch
 from rlft.errors import ConfigError, RlftError
 from rlft.launch_rules import check_launch_rules
@@ -253,6 +254,13 @@ def _run_stages(
                     f"stages.{stage.name}.{key}.from: stage '{ref}' has no finished artifact in {run_dir}; "
                     f"run it first (rlft run {pipeline.label} --only {ref})"
                 )
+        stage_dirs = _finished_dirs(run_dir, outcomes)
+        for key, ref, file in stage.data_references():
+            if ref not in stage_dirs or not (Path(stage_dirs[ref]) / file).is_file():
+                raise ConfigError(
+                    f"stages.{stage.name}.{key}.from: stage '{ref}' has no finished {file} in {run_dir}; "
+                    f"run it first (rlft run {pipeline.label} --only {ref})"
+                )
         config_hash, inputs = stage_fingerprint(pipeline, stage, run_dir, model_paths, artifact_hashes)
         decision = decide(
             config_hash, inputs, read_stage_facts(run_dir, stage.name, reuse=reuse), force=force
@@ -267,6 +275,7 @@ def _run_stages(
             "run_dir": str(run_dir),
             "base_dir": str(pipeline.base_dir),
             "model_paths": model_paths,
+            "stage_dirs": stage_dirs,
             "evaluate": pipeline.config.evaluate.model_dump() if pipeline.config.evaluate else None,
             "tracking": pipeline.config.tracking.model_dump(),
             "resume_from": decision.checkpoint if isinstance(decision, Resume) else None,
@@ -407,8 +416,18 @@ def stage_fingerprint(
             inputs[key] = _reward_inputs(value, artifact_hashes=artifact_hashes, base_dir=pipeline.base_dir)
     sections = stage.data_sections()
     if sections:
-        read = [d.model_dump(mode="json") for d in sections.values()] + list(stage.input_files().values())
+        read = [
+            [
+                s.model_dump(mode="json")
+                for s in as_sources(d.train) + as_sources(d.eval)
+                if s.path is not None
+            ]
+            for d in sections.values()
+        ] + list(stage.input_files().values())
         inputs["data"] = {p: hash_path(Path(p)) for p in _local_paths(read, pipeline.base_dir)}
+        for _, ref, file in stage.data_references():  # an earlier stage's output: its content
+            path = run_dir / ref / file
+            inputs["data"][f"from:{ref}/{file}"] = hash_path(path) if path.is_file() else "missing"
     if evaluates:
         inputs["evaluate"] = {
             p: hash_path(Path(p))
@@ -459,6 +478,11 @@ def _finished(run_dir: Path, outcomes: list[StageOutcome]) -> tuple[dict[str, st
             paths[o.name] = str(run_dir / o.name)
             hashes[o.name] = o.record.get("artifact_hash") or "unknown"
     return paths, hashes
+
+
+def _finished_dirs(run_dir: Path, outcomes: list[StageOutcome]) -> dict[str, str]:
+    """The folder of every earlier stage that finished (with a model or not), for `{from: STAGE}` data."""
+    return {o.name: str(run_dir / o.name) for o in outcomes if o.record.get("status") == "done"}
 
 
 def stage_command(launch: str | None, work: Path, *, base_dir: Path) -> list[str]:

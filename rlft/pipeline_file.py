@@ -152,12 +152,40 @@ def check_references(pipeline: PipelineSpec) -> None:
                 raise ConfigError(
                     f"{pipeline.label}: stages[{i}].{key}.from: '{ref}' is not an earlier stage; {hint}"
                 )
+        for key, ref, file in stage.data_references():
+            check_data_reference(pipeline, i, f"{key}.from", ref, file, earlier)
         trainer_cls = getattr(stage, "trainer_config_class", None)
         if trainer_cls and getattr(stage, "trainer", None):
             problem = check_trainer_keys(trainer_cls, stage.trainer)
             if problem:
                 raise ConfigError(f"{pipeline.label}: stages[{i}].trainer.{problem}")
         earlier.append(stage.name)
+
+
+def check_data_reference(
+    pipeline: PipelineSpec, i: int, key: str, ref: str, file: str, earlier: list[str]
+) -> None:
+    """A `{from: STAGE}` data source of stage `i` must name an earlier stage that writes `file`."""
+    at = f"{pipeline.label}: stages[{i}].{key}"
+    stages = {s.name: s for s in pipeline.stages}
+    if ref not in earlier:
+        hint = (
+            f"it comes later; move stage '{ref}' before '{pipeline.stages[i].name}'"
+            if ref in stages
+            else f"earlier stages: {', '.join(earlier) or 'none'}{_suggest(ref, earlier)}"
+        )
+        raise ConfigError(f"{at}: '{ref}' is not an earlier stage; {hint}")
+    written = stages[ref].output_files()
+    if not written:
+        raise ConfigError(
+            f"{at}: stage '{ref}' ({stages[ref].kind}) writes no data; a data source `from:` names a "
+            "generate stage (kind: generate)"
+        )
+    if file not in written:
+        raise ConfigError(
+            f"{at}: stage '{ref}' writes {', '.join(written)}, not {file}; choose one with `file:` or add it "
+            f"to stage '{ref}''s `write:`"
+        )
 
 
 def check_files(pipeline: PipelineSpec) -> None:
@@ -171,6 +199,8 @@ def check_files(pipeline: PipelineSpec) -> None:
         for key, data in stage.data_sections().items():
             for split in ("train", "eval"):
                 for source in as_sources(getattr(data, split)):
+                    if source.from_ is not None:  # an earlier stage's output: checked by check_references
+                        continue
                     at = f"stages[{i}].{key}.{split}"
                     try:
                         check_text_files(resolve_source(source, key=at, base_dir=pipeline.base_dir), key=at)

@@ -146,7 +146,8 @@ def changed_stages(pipeline: Any, keys: list[str]) -> list[str]:
                 addressed.update(s.name for s in pipeline.stages)
     changed: list[str] = []
     for stage in pipeline.stages:
-        if stage.name in addressed or any(ref in changed for _, ref in stage.references()):
+        refs = [ref for _, ref in stage.references()] + [ref for _, ref, _ in stage.data_references()]
+        if stage.name in addressed or any(ref in changed for ref in refs):
             changed.append(stage.name)
     return changed
 

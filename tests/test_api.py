@@ -36,7 +36,7 @@ def test_import_rlft_is_light_and_exports_lazily():
 def test_stage_classes_have_distinct_names_and_their_kind():
     names = {"SFTStage": "sft", "RewardStage": "reward", "DPOStage": "dpo", "KTOStage": "kto"}
     names |= {"PPOStage": "ppo", "GRPOStage": "grpo", "RLOOStage": "rloo", "EvaluateStage": "evaluate"}
-    names |= {"ContrastiveStage": "contrastive"}
+    names |= {"ContrastiveStage": "contrastive", "GenerateStage": "generate"}
     for name, kind in names.items():
         cls = getattr(rlft, name)
         assert cls.__name__ == name and cls.model_fields["kind"].default == kind

@@ -48,6 +48,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "rlft.embeddings",
             "rlft.multitask",
             "rlft.evaluation",
+            "rlft.generation",
             "rlft.comparisons",
             "rlft.judge",
             "rlft.tasks",

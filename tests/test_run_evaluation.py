@@ -49,7 +49,9 @@ def test_every_policy_stage_gets_a_row_with_its_baseline(run_dir, capsys):
         assert (
             0 <= row["task_reward"] <= 1 and 0 <= row["task_reward_sampled"] <= 1 and row["mean_length"] >= 0
         )
-        assert row["median_length"] <= row["p90_length"] and 0 <= row["empty_share"] + row["repeat_share"] <= 1
+        assert (
+            row["median_length"] <= row["p90_length"] and 0 <= row["empty_share"] + row["repeat_share"] <= 1
+        )
     assert second["wins"] + second["ties"] + second["losses"] == 8  # evaluate.max_prompts
     assert second["win_rate_low"] <= second["win_rate"] <= second["win_rate_high"]
     assert 0 <= second["lc_win_rate"] <= 1

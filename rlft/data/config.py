@@ -46,13 +46,24 @@ from rlft.data.formats import CANONICAL_FIELDS
 
 
 class DataSource(BaseModel):
-    """One place rows come from. A plain string in YAML is shorthand for `{path: ...}`."""
+    """One place rows come from: a `path`, or `from` an earlier stage's output (a generate stage's
+    JSONL). A plain string in YAML is shorthand for `{path: ...}`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    path: str = Field(
+    path: str | None = Field(
+        None,
         description=".jsonl/.json/.csv/.parquet file, glob, save_to_disk folder, or hub dataset name "
-        "(relative to the pipeline file)"
+        "(relative to the pipeline file)",
+    )
+    from_: str | None = Field(
+        None,
+        alias="from",
+        description="an earlier generate stage, by name: its output file (`file`) is the source, hashed into "
+        "this stage's inputs",
+    )
+    file: Literal["pairs", "best_of_n", "scored"] | None = Field(
+        None, description="with `from`: which of the generate stage's files (default pairs)"
     )
     split: str = Field(
         "train", description='split of a hub dataset or saved DatasetDict; files have only "train"'
@@ -64,6 +75,21 @@ class DataSource(BaseModel):
         description="share of the train mix (give one to every source or to none); sources are downsampled, "
         "never repeated",
     )
+
+    @model_validator(mode="after")
+    def _one_place(self) -> DataSource:
+        if (self.path is None) == (self.from_ is None):
+            raise ValueError("give a source either `path` or `from` (an earlier generate stage), not both")
+        if self.file is not None and self.from_ is None:
+            raise ValueError("`file` picks a generate stage's output; it goes with `from`")
+        if self.from_ is not None and (self.split != "train" or self.subset is not None):
+            raise ValueError("`split` and `subset` apply to hub datasets; a `from` source is one JSONL file")
+        return self
+
+    @property
+    def stage_file(self) -> str:
+        """With `from`: the file name in that stage's folder (`pairs.jsonl` by default)."""
+        return f"{self.file or 'pairs'}.jsonl"
 
 
 SourceSpec = DataSource | str | list[DataSource | str]
@@ -210,7 +236,7 @@ class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     train: SourceSpec = Field(
-        description="a source ({path, split, subset, weight}), a path string, or a list of them (mixed by weight)"
+        description="a source ({path, split, subset, weight}, or {from: STAGE, file}: a generate stage's output), a path string, or a list of them (mixed by weight)"
     )
     eval: SourceSpec | None = Field(
         None, description="held-out sources; None = split eval_fraction off train"
@@ -279,3 +305,45 @@ def as_sources(spec: SourceSpec | None) -> list[DataSource]:
         return []
     items = spec if isinstance(spec, list) else [spec]
     return [DataSource(path=s) if isinstance(s, str) else s for s in items]
+
+
+def stage_sources(cfg: DataConfig) -> list[tuple[str, DataSource]]:
+    """(split, source) of every source of `cfg` that reads an earlier stage's output (`from`)."""
+    return [
+        (split, s)
+        for split in ("train", "eval")
+        for s in as_sources(getattr(cfg, split))
+        if s.from_ is not None
+    ]
+
+
+def with_stage_paths(cfg: DataConfig, stage_dirs: dict[str, str], *, section: str) -> DataConfig:
+    """`cfg` with every `from: STAGE` source replaced by the path of that stage's file in its finished
+    folder (`stage_dirs`: stage name -> folder). Raises ValueError naming the key when it is missing."""
+    from pathlib import Path
+
+    if not stage_sources(cfg):
+        return cfg
+
+    def resolve(spec: SourceSpec | None, key: str) -> SourceSpec | None:
+        if spec is None:
+            return None
+        out = []
+        for i, s in enumerate(as_sources(spec)):
+            if s.from_ is not None:
+                if s.from_ not in stage_dirs:
+                    raise ValueError(
+                        f"{key}[{i}].from: stage '{s.from_}' has no finished output; run it first"
+                    )
+                path = Path(stage_dirs[s.from_]) / s.stage_file
+                if not path.is_file():
+                    raise ValueError(
+                        f"{key}[{i}]: stage '{s.from_}' wrote no {s.stage_file} (see its `write:`)"
+                    )
+                s = DataSource(path=str(path), weight=s.weight)
+            out.append(s)
+        return out
+
+    return cfg.model_copy(
+        update={"train": resolve(cfg.train, f"{section}.train"), "eval": resolve(cfg.eval, f"{section}.eval")}
+    )

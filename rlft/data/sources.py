@@ -132,6 +132,12 @@ class LoadedSource:
 
 def resolve_source(source: DataSource, *, key: str, base_dir: Path) -> Resolved:
     """What `source.path` names, relative to `base_dir`. Raises DataError when it names nothing."""
+    if (
+        source.path is None
+    ):  # `from: STAGE`: the stage turns it into a path (rlft.data.config.with_stage_paths)
+        raise DataError(
+            f"{key}.from: '{source.from_}' is an earlier stage's output; only a pipeline resolves it"
+        )
     raw = source.path
     path = Path(os.path.expanduser(raw))
     path = path if path.is_absolute() else base_dir / path

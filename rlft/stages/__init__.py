@@ -22,6 +22,7 @@ STAGES: dict[str, str] = {
     "contrastive": "rlft.stages.contrastive:ContrastiveStage",
     "multitask": "rlft.stages.multitask:MultitaskStage",
     "evaluate": "rlft.stages.evaluate:EvaluateStage",
+    "generate": "rlft.stages.generate:GenerateStage",
 }
 
 

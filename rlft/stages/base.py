@@ -62,6 +62,21 @@ class StageBase(Strict):
         data = getattr(self, "data", None)
         return {"data": data} if data is not None else {}
 
+    def data_references(self) -> list[tuple[str, str, str]]:
+        """(key path, stage name, file name) for every `{from: STAGE}` data source of the stage."""
+        from rlft.data.config import stage_sources
+
+        refs = []
+        for key, data in self.data_sections().items():
+            for split, source in stage_sources(data):
+                refs.append((f"{key}.{split}", source.from_, source.stage_file))
+        return refs
+
+    def output_files(self) -> list[str]:
+        """The data files the stage writes into its folder for later stages' `{from: STAGE}` data
+        sources (a generate stage's pairs.jsonl, ...). Most kinds write none."""
+        return []
+
     def input_files(self) -> dict[str, str]:
         """Other files the stage reads (eval prompts, `file.py` rewards), by key path: checked to
         exist before the run and hashed into the stage's inputs with its data. Most kinds have none."""
@@ -117,6 +132,8 @@ class StageContext:
     artifact_dir: Path  # where the stage writes its model/tokenizer; moved into place when done
     base_dir: Path  # folder of the pipeline file; relative paths resolve against it
     model_paths: dict[str, str]  # stage name -> final artifact folder, for `{from: STAGE}`
+    # stage name -> folder of every finished earlier stage, for `{from: STAGE}` data sources
+    stage_dirs: dict[str, str] = field(default_factory=dict)
     evaluate: EvaluateConfig | None = None
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     resume_from: str | None = None  # last trainer checkpoint of a run of this stage that died

@@ -106,16 +106,25 @@ def load_policy(cfg: Any, ctx: StageContext, *, resolved: Any = None) -> Policy:
     return Policy(start, model, tokenizer, gradual_unfreezing(model, cfg.tuning, log=ctx.log), info)
 
 
-def load_data(cfg: Any, ctx: StageContext, *, formats: tuple[str, ...], tokenizer: Any) -> Any:
-    """`cfg.data` through the data layer, with the stage's rejects file and key path."""
+def load_data(
+    cfg: Any, ctx: StageContext, *, formats: tuple[str, ...], tokenizer: Any, key: str = "data"
+) -> Any:
+    """`cfg.data` (or the data section `key`) through the data layer, with the stage's rejects file and
+    key path; `{from: STAGE}` sources read that stage's file (ctx.stage_dirs)."""
     from rlft.data import load_stage_data
+    from rlft.data.config import with_stage_paths
 
+    section = f"stages.{cfg.name}.{key}"
+    try:
+        data = with_stage_paths(getattr(cfg, key), ctx.stage_dirs, section=section)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return load_stage_data(
-        cfg.data,
+        data,
         formats=formats,
         base_dir=ctx.base_dir,
         rejects_path=ctx.work_dir / "rejects.jsonl",
-        section=f"stages.{cfg.name}.data",
+        section=section,
         tokenizer=tokenizer,
     )
 

@@ -302,14 +302,19 @@ def load_task(i: int, cfg: MultitaskStage, ctx: StageContext, *, tokenizer: Any)
     """Task i's data through the data layer, its prompts with the task's additions, encoded; its eval prompts
     and reward function."""
     from rlft.data import load_stage_data
+    from rlft.data.config import with_stage_paths
     from rlft.data.formats import convert
     from rlft.multitask import LoadedTask
 
     task = cfg.tasks[i]
     key = f"stages.{cfg.name}.tasks[{i}]"
     try:
+        task_data = with_stage_paths(task.data, ctx.stage_dirs, section=f"{key}.data")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    try:
         data = load_stage_data(
-            task.data,
+            task_data,
             formats=FORMATS[task.objective],
             base_dir=ctx.base_dir,
             rejects_path=ctx.work_dir / f"rejects-{task.name}.jsonl",

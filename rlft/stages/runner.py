@@ -64,6 +64,7 @@ def _run(work: Path) -> int:
         artifact_dir=work / "artifact",
         base_dir=Path(plan["base_dir"]),
         model_paths=plan["model_paths"],
+        stage_dirs=plan.get("stage_dirs") or {},
         evaluate=EvaluateConfig.model_validate(plan["evaluate"]) if plan.get("evaluate") else None,
         tracking=TrackingConfig.model_validate(plan["tracking"]),
         resume_from=plan.get("resume_from"),

@@ -224,3 +224,29 @@ def test_importing_rlft_data_stays_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_from_stage_source_resolves_to_that_stages_file(tmp_path):
+    from rlft.data.config import DataConfig, DataSource, stage_sources, with_stage_paths
+
+    cfg = DataConfig.model_validate(
+        {"train": [{"from": "gen", "weight": 2}, {"path": "x.jsonl", "weight": 1}]}
+    )
+    assert [(split, s.from_, s.stage_file) for split, s in stage_sources(cfg)] == [
+        ("train", "gen", "pairs.jsonl")
+    ]
+    with pytest.raises(ValueError, match=r"data.train\[0\].from: stage 'gen' has no finished output"):
+        with_stage_paths(cfg, {}, section="data")
+    (tmp_path / "gen").mkdir()
+    with pytest.raises(ValueError, match="wrote no pairs.jsonl"):
+        with_stage_paths(cfg, {"gen": str(tmp_path / "gen")}, section="data")
+    (tmp_path / "gen" / "pairs.jsonl").write_text("{}\n")
+    resolved = with_stage_paths(cfg, {"gen": str(tmp_path / "gen")}, section="data")
+    assert resolved.train[0] == DataSource(path=str(tmp_path / "gen" / "pairs.jsonl"), weight=2)
+    assert DataSource.model_validate({"from": "gen", "file": "best_of_n"}).stage_file == "best_of_n.jsonl"
+    for bad, message in (
+        ({"file": "pairs", "path": "x"}, "goes with `from`"),
+        ({"from": "g", "split": "test"}, "split"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            DataSource.model_validate(bad)
