@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from rlft.artifacts import hash_json, hash_path, link_dir, read_json, write_json_atomic
+from rlft.artifacts import complete_checkpoints, hash_json, hash_path, link_dir, read_json, write_json_atomic
 from rlft.config import ModelSource
 from rlft.distributed import outer_launch
 from rlft.errors import ConfigError, RlftError
@@ -180,14 +180,11 @@ def decide(config_hash: str, inputs: dict[str, Any], facts: StageFacts, *, force
 def read_stage_facts(run_dir: Path, name: str, *, reuse: list[Path] | tuple[Path, ...] = ()) -> StageFacts:
     """What `decide` needs about stage `name`, read from `run_dir` and the runs in `reuse`."""
     work = run_dir / ".work" / name
-    checkpoints = sorted(
-        (work / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])
-    )
     return StageFacts(
         done=finished_record(run_dir, name),
         elsewhere=[(Path(run) / name, read_json(Path(run) / name / "stage.json")) for run in reuse],
         plan=read_json(work / "plan.json"),
-        checkpoints=[str(c) for c in checkpoints if (c / "trainer_state.json").exists()],
+        checkpoints=[str(c) for c in complete_checkpoints(work / "checkpoints")],
     )
 
 
@@ -360,7 +357,10 @@ def _execute(
         code = world.run_stage(work)
     record = read_json(run_dir / stage.name / "stage.json") if code == 0 else read_json(work / "stage.json")
     if not (code == 0 and record and record.get("status") == "done"):
-        return StageOutcome(stage.name, stage.kind, "failed", record or {"error": f"exit code {code}"})
+        record = record or {}
+        if not record.get("error"):  # it died before it could say why
+            record = {**record, "error": died_message(code)}
+        return StageOutcome(stage.name, stage.kind, "failed", record)
     shutil.copyfile(work / "stage.log", run_dir / stage.name / "stage.log")
     if (work / "ranks").is_dir():  # every process's summary (see rlft.stages.common.rank_summary)
         shutil.copytree(work / "ranks", run_dir / stage.name / "ranks", dirs_exist_ok=True)
@@ -369,6 +369,20 @@ def _execute(
         # W&B printed its sync command with the work folder's path, gone now
         logger.info(f"{stage.name}: W&B offline run kept in {offline}; upload: wandb sync {offline}")
     return StageOutcome(stage.name, stage.kind, "ran", record)
+
+
+def died_message(code: int) -> str:
+    """Why a stage process that wrote no error ended: its exit code, or the signal that killed it."""
+    if code < 0:
+        import signal
+
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (the out-of-memory killer sends SIGKILL)" if name == "SIGKILL" else ""
+        return f"its process was killed by {name}{hint}; `rlft run` again resumes it from its last checkpoint"
+    return f"exit code {code}"
 
 
 def stage_fingerprint(

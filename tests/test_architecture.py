@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "rlft.distributed",
             "rlft.trainer_fields",
             "rlft.log",
+            "rlft.faults",
         ],
     ),
     (

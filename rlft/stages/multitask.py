@@ -663,7 +663,8 @@ def log_metrics(
 ) -> dict[str, float]:
     """What a logging step records: train/loss (the mean over the window's steps, all processes),
     task/<name>/train_loss (each task's micro-batches in the window), task/<name>/share (the realised
-    share of the micro-batches so far), the learning rate and speed. Every process must call it."""
+    share of the micro-batches so far), train/samples_seen (rows drawn so far, all processes; the sampler's
+    count, restored on resume), the learning rate and speed. Every process must call it."""
     import torch
 
     from rlft.rl.metrics import mean_over_processes
@@ -674,6 +675,9 @@ def log_metrics(
     metrics |= {
         "train/loss": sum(step_losses) / len(step_losses),
         "train/learning_rate": scheduler.get_last_lr()[0],
+        "train/samples_seen": sampler.draws
+        * sampler.batch_size
+        * sampler.world_size,  # rows drawn, all processes
         "perf/seconds_per_step": sum(seconds) / len(seconds),
         **{f"task/{t.name}/share": s for t, s in zip(tasks, sampler.realised_shares(), strict=True)},
     }
