@@ -40,6 +40,7 @@ from rlft.launched import World
 from rlft.log import ensure_logging
 from rlft.pipeline_file import PipelineSpec
 from rlft.resources import find_launch_config, resolved_launch_config
+from rlft.runlock import hold_run_folder
 from rlft.stages.base import StageBase
 
 logger = logging.getLogger(__name__)
@@ -229,6 +230,33 @@ def _run_stages(
     console = console or Console(width=None if sys.stdout.isatty() else 120)  # logs: no 80-column squeeze
     run_dir = Path(run_dir or Path("runs") / pipeline.name).resolve()
     (run_dir / ".work").mkdir(parents=True, exist_ok=True)
+    with hold_run_folder(run_dir):  # one writer per run folder (rlft/runlock.py)
+        return _walk_stages(
+            pipeline,
+            run_dir=run_dir,
+            only=only,
+            from_stage=from_stage,
+            force=force,
+            launch=launch,
+            console=console,
+            reuse=reuse,
+            world=world,
+        )
+
+
+def _walk_stages(
+    pipeline: PipelineSpec,
+    *,
+    run_dir: Path,
+    only: str | None,
+    from_stage: str | None,
+    force: bool,
+    launch: str | None,
+    console: Any,
+    reuse: list[Path] | tuple[Path, ...],
+    world: World | None,
+) -> list[StageOutcome]:
+    """_run_stages' walk, with the run folder held."""
     _keep_pipeline_file(pipeline, run_dir)
     selected = selected_stages([s.name for s in pipeline.stages], only=only, from_stage=from_stage)
 

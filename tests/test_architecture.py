@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "rlft.trainer_fields",
             "rlft.log",
             "rlft.faults",
+            "rlft.runlock",
         ],
     ),
     (
