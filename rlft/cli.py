@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -468,9 +469,17 @@ def main(argv: list[str] | None = None) -> int:
     except RlftError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
+        if args.command in ("run", "sweep"):
+            print(f"resume with: {resume_command(sys.argv[1:] if argv is None else argv)}", file=sys.stderr)
         return 130
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command that goes on with an interrupted `rlft run`/`sweep`: the same one, less --force
+    (which would start the finished stages over)."""
+    return shlex.join(["rlft", *(a for a in argv if a != "--force")])
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -50,6 +50,10 @@ class StageFailed(RlftError):
     """A stage's process exited with an error; its log says why."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) while a stage ran: its process was stopped; the message says what a run again does."""
+
+
 @dataclass
 class StageOutcome:
     name: str
@@ -374,7 +378,10 @@ def _execute(
         command = stage_command(launch or stage.launch, work, base_dir=base_dir)
         logger.debug(f"$ {' '.join(command)}")
         (work / "stage.log").write_text(f"$ {' '.join(command)}\n")
-        code = _stream(command, work / "stage.log")
+        try:
+            code = _stream(command, work / "stage.log")
+        except KeyboardInterrupt:
+            raise Interrupted(interrupted_message(stage.name, work)) from None
     else:
         if launch or stage.launch:
             logger.warning(
@@ -382,7 +389,12 @@ def _execute(
                 f"an outer launch ({world.size} processes), which decides the processes"
             )
         (work / "stage.log").write_text(f"# in-process, on every rank of the outer launch ({world.size})\n")
-        code = world.run_stage(work)
+        try:
+            code = world.run_stage(work)
+        except KeyboardInterrupt:
+            raise Interrupted(interrupted_message(stage.name, work)) from None
+    if code in (130, -2):  # it stopped on a Ctrl-C of its own (SIGINT sent to it alone, or in-process)
+        raise Interrupted(interrupted_message(stage.name, work))
     record = read_json(run_dir / stage.name / "stage.json") if code == 0 else read_json(work / "stage.json")
     if not (code == 0 and record and record.get("status") == "done"):
         record = record or {}
@@ -397,6 +409,14 @@ def _execute(
         # W&B printed its sync command with the work folder's path, gone now
         logger.info(f"{stage.name}: W&B offline run kept in {offline}; upload: wandb sync {offline}")
     return StageOutcome(stage.name, stage.kind, "ran", record)
+
+
+def interrupted_message(name: str, work: Path) -> str:
+    """What a stage stopped by Ctrl-C left: where the next run of the pipeline goes on from."""
+    checkpoints = complete_checkpoints(work / "checkpoints")
+    if checkpoints:
+        return f"stage '{name}' stopped; running the pipeline again resumes it from {checkpoints[-1].name}"
+    return f"stage '{name}' stopped before its first checkpoint; running the pipeline again starts it over"
 
 
 def died_message(code: int) -> str:
@@ -529,11 +549,22 @@ def _stream(command: list[str], log_path: Path) -> int:
                 log.flush()  # in order with the lines the stage writes into the log itself (rlft.log.stage_log)
         return proc.wait()
     except KeyboardInterrupt:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
         raise
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """After Ctrl-C: let the stage process stop on its own (a terminal's Ctrl-C reaches it too), tell it
+    (SIGINT) when the interrupt was ours alone, and kill it when it does not stop."""
+    import signal
+
+    for wait, then in ((5, lambda: proc.send_signal(signal.SIGINT)), (30, proc.kill)):
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            then()
+    proc.wait()
 
 
 def summary_entries(outcomes: list[StageOutcome]) -> list[dict[str, Any]]:

@@ -130,3 +130,10 @@ def test_console_script_is_declared():
     ]
     assert project["scripts"]["rlft"] == "rlft.cli:main"
     assert build_parser().prog == "rlft"
+
+
+def test_resume_command_is_the_same_command_without_force():
+    from rlft.cli import resume_command
+
+    argv = ["run", "my runs/p.yaml", "--force", "--set", "stages.sft.trainer.max_steps=5"]
+    assert resume_command(argv) == "rlft run 'my runs/p.yaml' --set stages.sft.trainer.max_steps=5"

@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -267,3 +269,35 @@ def test_tuning_methods_keep_two_ddp_processes_in_step(tmp_path, write_pipeline,
     ranks = [json.loads((run_dir / "sft" / "ranks" / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["losses"] == ranks[1]["losses"] and len(ranks[0]["losses"]) == 5
     assert ranks[0]["param_checksum"] == ranks[1]["param_checksum"]  # the same weights on both ranks
+
+
+def test_ctrl_c_stops_the_run_and_its_stage_and_says_how_to_resume(tmp_path, write_pipeline):
+    """SIGINT to the process group (what Ctrl-C in a terminal sends) once the stage trains: the stage
+    process writes its status and exits, `rlft run` exits 130 with the command that goes on."""
+    pipeline = write_pipeline(
+        sft_trainer="{max_steps: 5000, save_steps: 2, logging_steps: 1, per_device_train_batch_size: 2}"
+    )
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlft", "run", str(pipeline), "--run-dir", str(run_dir), "--force"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    checkpoint = run_dir / ".work" / "sft" / "checkpoints" / "checkpoint-2" / "trainer_state.json"
+    for _ in range(2400):  # 120 s at most
+        if checkpoint.exists() or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "interrupted: stage 'sft' stopped; running the pipeline again resumes it from checkpoint-" in err
+    assert f"resume with: rlft run {pipeline} --run-dir {run_dir}\n" in err  # --force left out
+    record = json.loads((run_dir / ".work" / "sft" / "stage.json").read_text())
+    assert record["status"] == "interrupted"  # the stage process stopped cleanly, and wrote so
+    with pytest.raises(ProcessLookupError):
+        os.kill(record["pid"], 0)  # and is gone
+    assert (run_dir / ".lock").read_text() == ""  # the run folder is free again

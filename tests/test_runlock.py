@@ -34,7 +34,9 @@ def test_a_second_run_stops_naming_the_first_and_a_dead_runs_lock_is_taken_over(
     )
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(RunFolderBusy, match=rf"in use by another rlft run: pid {holder.pid} on host \S+, started 20"):
+        with pytest.raises(
+            RunFolderBusy, match=rf"in use by another rlft run: pid {holder.pid} on host \S+, started 20"
+        ):
             with hold_run_folder(run_dir):
                 pass
         # the whole pipeline stops before doing anything: no stage started, nothing written
@@ -50,7 +52,9 @@ def test_a_second_run_stops_naming_the_first_and_a_dead_runs_lock_is_taken_over(
         assert f'"pid": {os.getpid()}' in (run_dir / ".lock").read_text()
     assert f"taking over the lock of {run_dir} from pid {holder.pid} on host" in caplog.text
     assert "no longer running" in caplog.text
-    assert (run_dir / ".lock").read_text() == ""  # a clean end leaves no details: the next run takes it quietly
+    assert (
+        run_dir / ".lock"
+    ).read_text() == ""  # a clean end leaves no details: the next run takes it quietly
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="rlft.runlock"), hold_run_folder(run_dir):
         pass

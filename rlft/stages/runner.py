@@ -9,6 +9,9 @@ with one rename. Exit codes: 0 done, 2 bad input (message printed), 1 anything e
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import socket
 import sys
 import time
 import traceback
@@ -77,6 +80,8 @@ def _run(work: Path) -> int:
         "versions": library_versions(),
         "git_commit": git_commit(),
         "started": time.time(),
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
     }
     if main_process:
         ctx.artifact_dir.mkdir(parents=True, exist_ok=True)
@@ -96,6 +101,15 @@ def _run(work: Path) -> int:
     start = time.time()
     try:
         result = module.run(cfg, ctx)
+    except KeyboardInterrupt:  # Ctrl-C: stop cleanly; the checkpoints stay for the next run to resume from
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
+        logger.warning(f"stage '{cfg.name}' interrupted (Ctrl-C)")
+        ctx.tracker.finish()
+        if main_process:
+            write_json_atomic(
+                work / "stage.json", {**record, "status": "interrupted", "finished": time.time()}
+            )
+        return 130
     except RlftError as e:
         return _fail(work, record, ctx, main_process, str(e), code=2)
     except Exception as e:  # noqa: BLE001 - any failure: traceback to the log, status to stage.json
