@@ -42,6 +42,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "rlft.data",
             "rlft.data.",
             "rlft.tracking",
+            "rlft.guards",
             "rlft.rl",
             "rlft.rl.",
             "rlft.rewards",

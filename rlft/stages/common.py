@@ -41,6 +41,15 @@ def rank_summary(trainer: Any) -> dict[str, Any]:
     }
 
 
+def training_callbacks(cfg: Any, ctx: StageContext) -> list[Any]:
+    """The callbacks every TRL stage's trainer gets: its logs to the tracker (and rlft.faults' hooks),
+    and the NaN/Inf guard of `cfg.on_nonfinite` (rlft/guards.py)."""
+    from rlft.guards import trainer_guard
+    from rlft.tracking import trainer_callback
+
+    return [trainer_callback(ctx.tracker), trainer_guard(ctx.nonfinite_guard(cfg))]
+
+
 def build_trainer_args(
     config_class: Any, cfg: TrainerStage, ctx: StageContext, *, has_eval: bool, defaults: dict[str, Any]
 ) -> Any:

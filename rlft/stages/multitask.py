@@ -497,6 +497,7 @@ def run(cfg: MultitaskStage, ctx: StageContext) -> StageResult:
     )
 
     # --- loop --------------------------------------------------------------------------------
+    guard = ctx.nonfinite_guard(cfg)  # NaN/Inf task losses (rlft/guards.py)
     # Per task, this process's micro-batch losses since the last log, and since the last evaluation.
     # Every process draws the same tasks, so every process has the same keys to average.
     window: dict[str, list[float]] = {}
@@ -515,6 +516,8 @@ def run(cfg: MultitaskStage, ctx: StageContext) -> StageResult:
                 loss, _, n_tokens = micro_batch_loss(
                     model, task, [task.train[i] for i in row_ids], pad_id=pad_id, device=accelerator.device
                 )
+                if not guard.check({f"task '{task.name}' loss": loss}, step=step):
+                    continue  # on_nonfinite: skip drops the micro-batch
                 accelerator.backward(loss * task.cfg.loss_weight)  # accelerate divides by the accumulation
                 if accelerator.sync_gradients and cfg.max_grad_norm is not None and not deepspeed:
                     accelerator.clip_grad_norm_(
@@ -526,6 +529,8 @@ def run(cfg: MultitaskStage, ctx: StageContext) -> StageResult:
             window.setdefault(task.name, []).append(loss.item())
             since_eval.setdefault(task.name, []).append(loss.item())
             tokens += n_tokens
+        if not micro_losses:  # every micro-batch of the step skipped
+            continue
         scheduler.step()
         local_losses.append(sum(micro_losses) / len(micro_losses))
         losses.append(mean_over_processes(accelerator, {"loss": torch.tensor(local_losses[-1])})["loss"])

@@ -117,6 +117,8 @@ def _run(work: Path) -> int:
         return _fail(work, record, ctx, main_process, f"{type(e).__name__}: {e}", code=1)
 
     seconds = time.time() - start
+    if ctx.guard is not None and ctx.guard.skips:
+        result.info["nonfinite"] = ctx.guard.summary()
     result.info["peak_memory"] = peak_memory()
     ctx.log(describe_peak_memory(result.info["peak_memory"]))
     ctx.tracker.finish(result.metrics, model_dir=ctx.artifact_dir if result.has_model else None)
