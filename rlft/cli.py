@@ -448,6 +448,11 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--force", action="store_true", help="re-run stages even when they are done")
     p.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail a stage whose checkpoints may not fit in the free disk space (default: a warning)",
+    )
+    p.add_argument(
         "--launch",
         metavar="NAME|PATH",
         help="accelerate config for every stage, overriding the file's `launch:` (cpu_2proc, multi_gpu, zero2, zero3, "
@@ -491,6 +496,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from_stage=args.from_stage,
         force=args.force,
         launch=args.launch,
+        strict=args.strict,
     )
     return 0
 
@@ -543,7 +549,9 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     from rlft.run_evaluation import evaluate_run, print_table
 
     pipeline = Pipeline.from_yaml(quickstart_config(), overrides=args.overrides)
-    results = pipeline.run(run_dir=args.run_dir, only=args.only, force=args.force, launch=args.launch)
+    results = pipeline.run(
+        run_dir=args.run_dir, only=args.only, force=args.force, launch=args.launch, strict=args.strict
+    )
     if not results:
         return 0  # a rank other than 0 of an outer `accelerate launch`: rank 0 reports
     line = " -> ".join(

@@ -72,6 +72,7 @@ def run_pipeline(
     launch: str | None = None,
     console: Any = None,
     reuse: list[Path] | tuple[Path, ...] = (),
+    strict: bool = False,
 ) -> list[StageOutcome]:
     """Run the selected stages in order. Raises StageFailed when a stage fails (after the summary).
 
@@ -92,6 +93,7 @@ def run_pipeline(
         launch=launch,
         console=console,
         reuse=reuse,
+        strict=strict,
     )
     if not outer_launch():
         return _run_stages(pipeline, **options, world=None)
@@ -227,6 +229,7 @@ def _run_stages(
     console: Any,
     reuse: list[Path] | tuple[Path, ...],
     world: World | None,
+    strict: bool = False,
 ) -> list[StageOutcome]:
     """run_pipeline's walk over the stages; `world`: the outer launch's processes, or None."""
     from rich.console import Console
@@ -245,6 +248,7 @@ def _run_stages(
             console=console,
             reuse=reuse,
             world=world,
+            strict=strict,
         )
 
 
@@ -259,6 +263,7 @@ def _walk_stages(
     console: Any,
     reuse: list[Path] | tuple[Path, ...],
     world: World | None,
+    strict: bool = False,
 ) -> list[StageOutcome]:
     """_run_stages' walk, with the run folder held."""
     _keep_pipeline_file(pipeline, run_dir)
@@ -297,6 +302,7 @@ def _walk_stages(
             "evaluate": pipeline.config.evaluate.model_dump() if pipeline.config.evaluate else None,
             "tracking": pipeline.config.tracking.model_dump(),
             "resume_from": decision.checkpoint if isinstance(decision, Resume) else None,
+            "strict": strict,  # too little disk space is an error (rlft/diskspace.py)
         }
         outcome = _act(decision, stage, plan, run_dir, launch=launch, base_dir=pipeline.base_dir, world=world)
         failed = outcome if outcome.status == "failed" else None

@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "rlft.log",
             "rlft.faults",
             "rlft.runlock",
+            "rlft.diskspace",
         ],
     ),
     (

@@ -131,6 +131,7 @@ class StageContext:
     evaluate: EvaluateConfig | None = None
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     resume_from: str | None = None  # last trainer checkpoint of a run of this stage that died
+    strict: bool = False  # rlft run --strict: too little disk space for the stage is an error, not a warning
     tracker: Tracker | None = None  # metrics.jsonl (+ W&B, TensorBoard)
     guard: NonFiniteGuard | None = None  # what a NaN/Inf does (rlft/guards.py); made by `nonfinite_guard`
 

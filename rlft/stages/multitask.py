@@ -433,7 +433,7 @@ def run(cfg: MultitaskStage, ctx: StageContext) -> StageResult:
     from rlft.multitask import evaluate_tasks, micro_batch_loss, score_reference
     from rlft.rl.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
     from rlft.rl.metrics import mean_over_processes, weights_checksum
-    from rlft.stages.common import load_policy
+    from rlft.stages.common import check_disk_space, load_policy
 
     # --- setup ------------------------------------------------------------------------------
     # Resolve the source (a tiny model is built there) before the accelerator: see rlft.stages.ppo.run.
@@ -498,6 +498,14 @@ def run(cfg: MultitaskStage, ctx: StageContext) -> StageResult:
 
     # --- loop --------------------------------------------------------------------------------
     guard = ctx.nonfinite_guard(cfg)  # NaN/Inf task losses (rlft/guards.py)
+    check_disk_space(
+        cfg,
+        ctx,
+        model,
+        steps=cfg.steps - start,
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+    )
     # Per task, this process's micro-batch losses since the last log, and since the last evaluation.
     # Every process draws the same tasks, so every process has the same keys to average.
     window: dict[str, list[float]] = {}

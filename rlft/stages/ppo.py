@@ -36,7 +36,14 @@ from rlft.data import DataConfig
 from rlft.models.tuning import FullTuning, TuningConfig
 from rlft.rewards import RewardSpec
 from rlft.stages.base import StageBase, StageContext, StageResult
-from rlft.stages.common import build_reward_fn, load_data, load_policy, report_data, save_policy
+from rlft.stages.common import (
+    build_reward_fn,
+    check_disk_space,
+    load_data,
+    load_policy,
+    report_data,
+    save_policy,
+)
 
 
 class AdaptiveKL(Strict):
@@ -275,6 +282,9 @@ def run(cfg: PPOStage, ctx: StageContext) -> StageResult:
 
     # --- loop --------------------------------------------------------------------------------
     guard = ctx.nonfinite_guard(cfg)  # NaN/Inf rewards, advantages, losses, gradients (rlft/guards.py)
+    check_disk_space(
+        cfg, ctx, model, steps=steps - start, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit
+    )
     seconds, local_losses = [], []  # local_losses: this process's own, before averaging over processes
     for step in range(start + 1, steps + 1):
         began = time.time()

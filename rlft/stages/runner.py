@@ -26,6 +26,7 @@ from rlft.artifacts import (
     write_json_atomic,
 )
 from rlft.config import EvaluateConfig, TrackingConfig
+from rlft.diskspace import disk_full_message, is_disk_full
 from rlft.distributed import is_main_process, process_rank, world_size
 from rlft.errors import RlftError
 from rlft.log import ensure_logging, stage_log
@@ -66,6 +67,7 @@ def _run(work: Path) -> int:
         evaluate=EvaluateConfig.model_validate(plan["evaluate"]) if plan.get("evaluate") else None,
         tracking=TrackingConfig.model_validate(plan["tracking"]),
         resume_from=plan.get("resume_from"),
+        strict=bool(plan.get("strict")),
         tracker=Tracker(work / "metrics.jsonl", main_process=main_process, log_dir=work / "artifact"),
     )
     record = {
@@ -113,6 +115,15 @@ def _run(work: Path) -> int:
     except RlftError as e:
         return _fail(work, record, ctx, main_process, str(e), code=2)
     except Exception as e:  # noqa: BLE001 - any failure: traceback to the log, status to stage.json
+        if is_disk_full(e):
+            return _fail(
+                work,
+                record,
+                ctx,
+                main_process,
+                disk_full_message(ctx.checkpoint_dir, ctx.artifact_dir),
+                code=2,
+            )
         traceback.print_exc()
         return _fail(work, record, ctx, main_process, f"{type(e).__name__}: {e}", code=1)
 
