@@ -31,7 +31,15 @@ from typing import Any
 
 import yaml
 
-from rlft.artifacts import complete_checkpoints, hash_json, hash_path, link_dir, read_json, write_json_atomic
+from rlft.artifacts import (
+    complete_checkpoints,
+    hash_json,
+    hash_path,
+    is_complete_checkpoint,
+    link_dir,
+    read_json,
+    write_json_atomic,
+)
 from rlft.config import ModelSource
 from rlft.distributed import outer_launch
 from rlft.errors import ConfigError, RlftError
@@ -380,6 +388,10 @@ def _execute(
     write_json_atomic(work / "plan.json", plan)
     if plan["resume_from"]:
         logger.info(f"resuming: {stage.name} from {Path(plan['resume_from']).name} (an earlier run died)")
+        for partial in sorted((work / "checkpoints").glob("checkpoint-*")):
+            if partial.is_dir() and not is_complete_checkpoint(partial):  # a save the death cut short
+                logger.info(f"{stage.name}: removing {partial.name}, written only in part")
+                shutil.rmtree(partial, ignore_errors=True)
     if world is None:
         command = stage_command(launch or stage.launch, work, base_dir=base_dir)
         logger.debug(f"$ {' '.join(command)}")

@@ -102,7 +102,7 @@ def test_changed_data_reruns_the_stage(tmp_path):
     assert stage_json(run_dir, "sft")["inputs"]["model"] == first[0].record["inputs"]["model"]
 
 
-def test_killed_stage_resumes_from_its_last_complete_checkpoint(tmp_path, write_pipeline):
+def test_killed_stage_resumes_from_its_last_complete_checkpoint(tmp_path, write_pipeline, capsys):
     """`rlft run` whose stage process dies by SIGKILL right after checkpoint-6 is complete (rlft/faults.py:
     deterministic, no sleeping). checkpoint-6's state file is then cut in half, as a kill while it was
     being written leaves it: the next `rlft run` resumes from checkpoint-3, the last complete one."""
@@ -126,6 +126,7 @@ def test_killed_stage_resumes_from_its_last_complete_checkpoint(tmp_path, write_
     assert [o.status for o in outcomes] == ["ran"]
     record = stage_json(run_dir, "sft")
     assert record["resumed_from"].endswith("checkpoint-3")
+    assert "written only in part" in capsys.readouterr().out  # the cut-short checkpoint-6, removed first
     assert record["metrics"]["train/global_step"] == 9
     records = map(json.loads, (run_dir / "sft" / "metrics.jsonl").read_text().splitlines())
     steps = [m["step"] for m in records if "train/loss" in m]
