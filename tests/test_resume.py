@@ -111,6 +111,17 @@ def write_pipeline(tmp_path, tiny_model, kind):
     return path
 
 
+def resume(pipeline, run_dir):
+    """The second run, in this process: as `accelerate launch -m rlft run` runs its stages (rlft/launched.py),
+    here with one process. The same walk, decision and stage code as a child process, without paying
+    its start-up (importing torch, transformers and TRL) once more per kind."""
+    from rlft.launched import World
+    from rlft.pipeline import _run_stages
+
+    options = dict(only=None, from_stage=None, force=False, launch=None, console=None, reuse=())
+    return _run_stages(pipeline, run_dir=run_dir, **options, world=World(rank=0, size=1))
+
+
 def by_step(metrics, key):
     return {m["step"]: m[key] for m in metrics if key in m}
 
@@ -132,7 +143,7 @@ def test_a_stage_killed_between_checkpoints_resumes_to_the_same_result(
     first = read_metrics(work / "metrics.jsonl")
     assert max(m["step"] for m in first) == 5 and not (run_dir / kind).exists()
 
-    outcomes = run_pipeline(pipeline, run_dir=run_dir)
+    outcomes = resume(pipeline, run_dir)
     assert [o.status for o in outcomes] == ["ran"]
     record = json.loads((run_dir / kind / "stage.json").read_text())
     assert record["resumed_from"].endswith("checkpoint-3")
