@@ -76,7 +76,7 @@ STAGES = {
     ),
     "ppo": (
         f"data: {SFT}\nreward: {{function: rewards.py:uppercase_share}}\nsteps: 5\nsave_steps: 3\n"
-        "rollout_batch_size: 8\nminibatch_size: 4\nmax_new_tokens: 6\nlearning_rate: 1.0e-3",
+        "rollout_batch_size: 8\nminibatch_size: 4\nppo_epochs: 1\nmax_new_tokens: 6\nlearning_rate: 1.0e-3",
         ["ppo/loss", "ppo/score", "ppo/kl"],
         "ppo/episodes",
     ),
