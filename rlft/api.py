@@ -84,10 +84,12 @@ class Pipeline:
         from_stage: str | None = None,
         force: bool = False,
         launch: str | None = None,
+        strict: bool = False,
     ) -> list[dict[str, Any]]:
         """Run the stages (all, `only` one, or `from_stage` on), skipping those done with the same config
         and inputs (`force` re-runs them). Returns one dict per stage, as in summary.json. Raises
-        StageFailed when a stage fails. Under an outer `accelerate launch`, ranks other than 0 return []."""
+        StageFailed when a stage fails. Under an outer `accelerate launch`, ranks other than 0 return [].
+        `strict`: a stage with too little free disk space for its checkpoints fails instead of warning."""
         outcomes = run_pipeline(
             self.spec,
             run_dir=Path(run_dir) if run_dir is not None else None,
@@ -95,6 +97,7 @@ class Pipeline:
             from_stage=from_stage,
             force=force,
             launch=launch,
+            strict=strict,
         )
         return summary_entries(outcomes)
 

@@ -121,6 +121,25 @@ def replace_dir(src: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+CHECKPOINT_STATE = "trainer_state.json"  # written last into a checkpoint folder (HF Trainer and rlft's loops)
+
+
+def is_complete_checkpoint(folder: Path) -> bool:
+    """Whether a `checkpoint-N` folder was written to its end: its state file, written last, exists and
+    parses. A process killed during a save leaves a folder without it, or with half of it."""
+    state = Path(folder) / CHECKPOINT_STATE
+    try:
+        return isinstance(json.loads(state.read_text()), dict)
+    except (OSError, ValueError):
+        return False
+
+
+def complete_checkpoints(checkpoint_dir: Path) -> list[Path]:
+    """The complete `checkpoint-N` folders in `checkpoint_dir`, oldest (lowest N) first."""
+    found = [p for p in Path(checkpoint_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return sorted((p for p in found if is_complete_checkpoint(p)), key=lambda p: int(p.name.split("-")[-1]))
+
+
 def model_files_hash(folder: Path) -> str:
     """Hash of what defines a model artifact: weights, configs, tokenizer (not logs or metrics)."""
     folder = Path(folder)

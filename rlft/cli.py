@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -476,6 +477,11 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--force", action="store_true", help="re-run stages even when they are done")
     p.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail a stage whose checkpoints may not fit in the free disk space (default: a warning)",
+    )
+    p.add_argument(
         "--launch",
         metavar="NAME|PATH",
         help="accelerate config for every stage, overriding the file's `launch:` (cpu_2proc, multi_gpu, zero2, zero3, "
@@ -499,9 +505,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
+        if args.command in ("run", "sweep"):
+            print(f"resume with: {resume_command(sys.argv[1:] if argv is None else argv)}", file=sys.stderr)
         return 130
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command that goes on with an interrupted `rlft run`/`sweep`: the same one, less --force
+    (which would start the finished stages over)."""
+    return shlex.join(["rlft", *(a for a in argv if a != "--force")])
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -513,6 +527,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from_stage=args.from_stage,
         force=args.force,
         launch=args.launch,
+        strict=args.strict,
     )
     return 0
 
@@ -566,7 +581,9 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     from rlft.run_evaluation import evaluate_run, print_table
 
     pipeline = Pipeline.from_yaml(quickstart_config(), overrides=args.overrides)
-    results = pipeline.run(run_dir=args.run_dir, only=args.only, force=args.force, launch=args.launch)
+    results = pipeline.run(
+        run_dir=args.run_dir, only=args.only, force=args.force, launch=args.launch, strict=args.strict
+    )
     if not results:
         return 0  # a rank other than 0 of an outer `accelerate launch`: rank 0 reports
     line = " -> ".join(

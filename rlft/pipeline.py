@@ -18,6 +18,7 @@ in-process instead, and rank 0 alone does the file work (rlft/launched.py).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
@@ -32,7 +33,15 @@ from typing import Any
 import yaml
 
 from rlft import stage_server
-from rlft.artifacts import hash_json, hash_path, link_dir, read_json, write_json_atomic
+from rlft.artifacts import (
+    complete_checkpoints,
+    hash_json,
+    hash_path,
+    is_complete_checkpoint,
+    link_dir,
+    read_json,
+    write_json_atomic,
+)
 from rlft.config import ModelSource
 from rlft.data.config import as_sources
 from rlft.distributed import outer_launch
@@ -42,6 +51,7 @@ from rlft.launched import World
 from rlft.log import ensure_logging
 from rlft.pipeline_file import PipelineSpec
 from rlft.resources import find_launch_config, resolved_launch_config
+from rlft.runlock import hold_run_folder
 from rlft.stages.base import StageBase
 
 logger = logging.getLogger(__name__)
@@ -49,6 +59,10 @@ logger = logging.getLogger(__name__)
 
 class StageFailed(RlftError):
     """A stage's process exited with an error; its log says why."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) while a stage ran: its process was stopped; the message says what a run again does."""
 
 
 @dataclass
@@ -69,6 +83,7 @@ def run_pipeline(
     launch: str | None = None,
     console: Any = None,
     reuse: list[Path] | tuple[Path, ...] = (),
+    strict: bool = False,
 ) -> list[StageOutcome]:
     """Run the selected stages in order. Raises StageFailed when a stage fails (after the summary).
 
@@ -89,6 +104,7 @@ def run_pipeline(
         launch=launch,
         console=console,
         reuse=reuse,
+        strict=strict,
     )
     if not outer_launch():
         with stage_server.serving():  # single-process stages start with the libraries imported
@@ -183,14 +199,11 @@ def decide(config_hash: str, inputs: dict[str, Any], facts: StageFacts, *, force
 def read_stage_facts(run_dir: Path, name: str, *, reuse: list[Path] | tuple[Path, ...] = ()) -> StageFacts:
     """What `decide` needs about stage `name`, read from `run_dir` and the runs in `reuse`."""
     work = run_dir / ".work" / name
-    checkpoints = sorted(
-        (work / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])
-    )
     return StageFacts(
         done=finished_record(run_dir, name),
         elsewhere=[(Path(run) / name, read_json(Path(run) / name / "stage.json")) for run in reuse],
         plan=read_json(work / "plan.json"),
-        checkpoints=[str(c) for c in checkpoints if (c / "trainer_state.json").exists()],
+        checkpoints=[str(c) for c in complete_checkpoints(work / "checkpoints")],
     )
 
 
@@ -228,6 +241,7 @@ def _run_stages(
     console: Any,
     reuse: list[Path] | tuple[Path, ...],
     world: World | None,
+    strict: bool = False,
 ) -> list[StageOutcome]:
     """run_pipeline's walk over the stages; `world`: the outer launch's processes, or None."""
     from rich.console import Console
@@ -235,6 +249,35 @@ def _run_stages(
     console = console or Console(width=None if sys.stdout.isatty() else 120)  # logs: no 80-column squeeze
     run_dir = Path(run_dir or Path("runs") / pipeline.name).resolve()
     (run_dir / ".work").mkdir(parents=True, exist_ok=True)
+    with hold_run_folder(run_dir):  # one writer per run folder (rlft/runlock.py)
+        return _walk_stages(
+            pipeline,
+            run_dir=run_dir,
+            only=only,
+            from_stage=from_stage,
+            force=force,
+            launch=launch,
+            console=console,
+            reuse=reuse,
+            world=world,
+            strict=strict,
+        )
+
+
+def _walk_stages(
+    pipeline: PipelineSpec,
+    *,
+    run_dir: Path,
+    only: str | None,
+    from_stage: str | None,
+    force: bool,
+    launch: str | None,
+    console: Any,
+    reuse: list[Path] | tuple[Path, ...],
+    world: World | None,
+    strict: bool = False,
+) -> list[StageOutcome]:
+    """_run_stages' walk, with the run folder held."""
     _keep_pipeline_file(pipeline, run_dir)
     selected = selected_stages([s.name for s in pipeline.stages], only=only, from_stage=from_stage)
 
@@ -279,6 +322,7 @@ def _run_stages(
             "evaluate": pipeline.config.evaluate.model_dump() if pipeline.config.evaluate else None,
             "tracking": pipeline.config.tracking.model_dump(),
             "resume_from": decision.checkpoint if isinstance(decision, Resume) else None,
+            "strict": strict,  # too little disk space is an error (rlft/diskspace.py)
         }
         outcome = _act(decision, stage, plan, run_dir, launch=launch, base_dir=pipeline.base_dir, world=world)
         failed = outcome if outcome.status == "failed" else None
@@ -356,6 +400,10 @@ def _execute(
     write_json_atomic(work / "plan.json", plan)
     if plan["resume_from"]:
         logger.info(f"resuming: {stage.name} from {Path(plan['resume_from']).name} (an earlier run died)")
+        for partial in sorted((work / "checkpoints").glob("checkpoint-*")):
+            if partial.is_dir() and not is_complete_checkpoint(partial):  # a save the death cut short
+                logger.info(f"{stage.name}: removing {partial.name}, written only in part")
+                shutil.rmtree(partial, ignore_errors=True)
     server = stage_server.server() if world is None and not (launch or stage.launch) else None
     if server is not None:
         (work / "stage.log").write_text(f"# forked from the stage server: rlft.stages.runner {work}\n")
@@ -364,7 +412,10 @@ def _execute(
         command = stage_command(launch or stage.launch, work, base_dir=base_dir)
         logger.debug(f"$ {' '.join(command)}")
         (work / "stage.log").write_text(f"$ {' '.join(command)}\n")
-        code = _stream(command, work / "stage.log")
+        try:
+            code = _stream(command, work / "stage.log")
+        except KeyboardInterrupt:
+            raise Interrupted(interrupted_message(stage.name, work)) from None
     else:
         if launch or stage.launch:
             logger.warning(
@@ -372,10 +423,18 @@ def _execute(
                 f"an outer launch ({world.size} processes), which decides the processes"
             )
         (work / "stage.log").write_text(f"# in-process, on every rank of the outer launch ({world.size})\n")
-        code = world.run_stage(work)
+        try:
+            code = world.run_stage(work)
+        except KeyboardInterrupt:
+            raise Interrupted(interrupted_message(stage.name, work)) from None
+    if code in (130, -2):  # it stopped on a Ctrl-C of its own (SIGINT sent to it alone, or in-process)
+        raise Interrupted(interrupted_message(stage.name, work))
     record = read_json(run_dir / stage.name / "stage.json") if code == 0 else read_json(work / "stage.json")
     if not (code == 0 and record and record.get("status") == "done"):
-        return StageOutcome(stage.name, stage.kind, "failed", record or {"error": f"exit code {code}"})
+        record = record or {}
+        if not record.get("error"):  # it died before it could say why
+            record = {**record, "error": died_message(code)}
+        return StageOutcome(stage.name, stage.kind, "failed", record)
     shutil.copyfile(work / "stage.log", run_dir / stage.name / "stage.log")
     if (work / "ranks").is_dir():  # every process's summary (see rlft.stages.common.rank_summary)
         shutil.copytree(work / "ranks", run_dir / stage.name / "ranks", dirs_exist_ok=True)
@@ -384,6 +443,28 @@ def _execute(
         # W&B printed its sync command with the work folder's path, gone now
         logger.info(f"{stage.name}: W&B offline run kept in {offline}; upload: wandb sync {offline}")
     return StageOutcome(stage.name, stage.kind, "ran", record)
+
+
+def interrupted_message(name: str, work: Path) -> str:
+    """What a stage stopped by Ctrl-C left: where the next run of the pipeline goes on from."""
+    checkpoints = complete_checkpoints(work / "checkpoints")
+    if checkpoints:
+        return f"stage '{name}' stopped; running the pipeline again resumes it from {checkpoints[-1].name}"
+    return f"stage '{name}' stopped before its first checkpoint; running the pipeline again starts it over"
+
+
+def died_message(code: int) -> str:
+    """Why a stage process that wrote no error ended: its exit code, or the signal that killed it."""
+    if code < 0:
+        import signal
+
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (the out-of-memory killer sends SIGKILL)" if name == "SIGKILL" else ""
+        return f"its process was killed by {name}{hint}; `rlft run` again resumes it from its last checkpoint"
+    return f"exit code {code}"
 
 
 def stage_fingerprint(
@@ -523,11 +604,22 @@ def _stream(command: list[str], log_path: Path) -> int:
         _copy_output(proc.stdout.fileno(), log_path)
         return proc.wait()
     except KeyboardInterrupt:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
         raise
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """After Ctrl-C: let the stage process stop on its own (a terminal's Ctrl-C reaches it too), tell it
+    (SIGINT) when the interrupt was ours alone, and kill it when it does not stop."""
+    import signal
+
+    for wait, then in ((5, lambda: proc.send_signal(signal.SIGINT)), (30, proc.kill)):
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            then()
+    proc.wait()
 
 
 def _stream_forked(server: stage_server.StageServer, work: Path) -> int:
@@ -541,21 +633,32 @@ def _stream_forked(server: stage_server.StageServer, work: Path) -> int:
         _copy_output(read_end, work / "stage.log")
         return server.wait()
     except KeyboardInterrupt:
-        import signal
-        import time
-
-        deadline = time.time() + 30
-        while time.time() < deadline:  # the stage got the Ctrl-C too: let it stop as it does
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.1)
-        else:
-            os.kill(pid, signal.SIGKILL)
+        _stop_pid(pid)
         raise
     finally:
         os.close(read_end)
+
+
+def _stop_pid(pid: int) -> None:
+    """`_stop` for a forked stage process: not our child (the stage server's), so polled by pid."""
+    import signal
+    import time
+
+    def gone_within(seconds: float) -> bool:
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            time.sleep(0.1)
+        return False
+
+    for wait, sig in ((5, signal.SIGINT), (30, signal.SIGKILL)):
+        if gone_within(wait):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
 
 
 def summary_entries(outcomes: list[StageOutcome]) -> list[dict[str, Any]]:

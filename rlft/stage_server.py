@@ -208,9 +208,14 @@ def serve(fd: int) -> None:
         if pid == 0:
             _child(request, out_fd, sock)
         os.close(out_fd)
-        _send(sock, {"pid": pid})
-        _, status = os.waitpid(pid, 0)
-        _send(sock, {"code": os.waitstatus_to_exitcode(status)})
+        try:
+            _send(sock, {"pid": pid})
+            _, status = os.waitpid(pid, 0)
+            _send(sock, {"code": os.waitstatus_to_exitcode(status)})
+        except OSError:  # the pipeline is gone (Ctrl-C): its stage has stopped or been stopped
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+            return
 
 
 if __name__ == "__main__":

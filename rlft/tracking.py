@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rlft import faults
 from rlft.config import TrackingConfig
 from rlft.errors import RlftError
 
@@ -121,6 +122,7 @@ class Tracker:
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        faults.step_logged(step, self.metrics_path)  # a test may kill the stage here (rlft/faults.py)
         if self.wandb_run is not None:
             self.wandb_run.log(metrics, step=step)
         if self.tensorboard is not None:
@@ -177,17 +179,38 @@ def trainer_callback(tracker: Tracker) -> Any:
     """A transformers TrainerCallback that forwards the trainer's logs to `tracker`.
 
     Adds `perf/tokens_per_second`: the growth of TRL's `num_tokens` (input tokens trained on, all
-    processes) per second of wall time since the previous log (or the start of training).
+    processes) per second of wall time since the previous log (or the start of training); and
+    `train/samples_seen`: training rows consumed by the optimizer steps so far, all processes, kept in
+    each checkpoint's trainer_state.json and restored on resume (a resumed run must reach the same count
+    as an uninterrupted one). After each checkpoint it calls rlft.faults (tests kill a stage there).
     """
     from transformers import TrainerCallback
+    from transformers.trainer_callback import ExportableState
 
-    class _Forward(TrainerCallback):
+    class RlftTracking(TrainerCallback, ExportableState):
         def __init__(self) -> None:
             self.mark: tuple[float, float | None] | None = None  # (time, num_tokens) at the last log
+            self.samples_seen = 0
+
+        def state(self) -> dict[str, Any]:  # saved into each checkpoint's trainer_state.json
+            return {"args": {}, "attributes": {"samples_seen": self.samples_seen}}
 
         def on_train_begin(self, args, state, control, **kwargs):
             # a resumed run's token count is not known until its first log
             self.mark = (time.perf_counter(), 0.0 if state.global_step == 0 else None)
+            saved = (getattr(state, "stateful_callbacks", None) or {}).get(type(self).__name__)
+            if isinstance(saved, list):
+                saved = saved[-1] if saved else None
+            self.samples_seen = int(saved["attributes"]["samples_seen"]) if saved and state.global_step else 0
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.samples_seen += (
+                args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+            )
+
+        def on_save(self, args, state, control, **kwargs):
+            step = state.global_step
+            faults.checkpoint_complete(step, Path(args.output_dir) / f"checkpoint-{step}")
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not (state.is_world_process_zero and logs):
@@ -199,9 +222,11 @@ def trainer_callback(tracker: Tracker) -> Any:
                 if before is not None and now > then and tokens > before:
                     metrics["perf/tokens_per_second"] = (tokens - before) / (now - then)
                 self.mark = (now, float(tokens))
+            if "loss" in logs:
+                metrics["train/samples_seen"] = self.samples_seen
             tracker.log(metrics, step=state.global_step)
 
-    return _Forward()
+    return RlftTracking()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -31,6 +31,9 @@ LAYERS: list[tuple[str, list[str]]] = [
             "rlft.trainer_fields",
             "rlft.log",
             "rlft.yamlio",
+            "rlft.faults",
+            "rlft.runlock",
+            "rlft.diskspace",
         ],
     ),
     (
@@ -41,6 +44,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "rlft.data",
             "rlft.data.",
             "rlft.tracking",
+            "rlft.guards",
             "rlft.rl",
             "rlft.rl.",
             "rlft.rewards",

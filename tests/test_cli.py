@@ -140,3 +140,10 @@ def test_readme_learning_rate_override_is_a_float(capsys):
     pipeline = Pipeline.from_yaml("quickstart", overrides=["stages.sft.trainer.learning_rate=3e-4"])
     sft = next(s for s in pipeline.stages if s.name == "sft")
     assert sft.trainer["learning_rate"] == 3e-4 and isinstance(sft.trainer["learning_rate"], float)
+
+
+def test_resume_command_is_the_same_command_without_force():
+    from rlft.cli import resume_command
+
+    argv = ["run", "my runs/p.yaml", "--force", "--set", "stages.sft.trainer.max_steps=5"]
+    assert resume_command(argv) == "rlft run 'my runs/p.yaml' --set stages.sft.trainer.max_steps=5"

@@ -86,6 +86,7 @@ def test_pipeline_under_accelerate_launch_trains_on_two_ranks_and_skips_when_don
         assert ranks[0]["param_checksum"] == ranks[1]["param_checksum"]  # one model, kept in sync
         assert "[rlft] model:" in (run_dir / stage / "stage.log").read_text()  # rank 0's output, teed
     assert sorted(p.name for p in run_dir.iterdir()) == [
+        ".lock",  # rank 0's hold on the run folder (rlft/runlock.py), emptied at its end
         ".work",
         "dpo",
         "models",
@@ -96,6 +97,7 @@ def test_pipeline_under_accelerate_launch_trains_on_two_ranks_and_skips_when_don
         "summary.md",
     ]
     assert not list((run_dir / ".work").iterdir())  # each stage's work folder renamed away once
+    assert (run_dir / ".lock").read_text() == ""
 
     from transformers import AutoModelForCausalLM
 

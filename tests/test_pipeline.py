@@ -106,44 +106,36 @@ def test_changed_data_reruns_the_stage(tmp_path):
     assert stage_json(run_dir, "sft")["inputs"]["model"] == first[0].record["inputs"]["model"]
 
 
-def test_killed_stage_resumes_from_its_last_checkpoint(tmp_path, write_pipeline):
+def test_killed_stage_resumes_from_its_last_complete_checkpoint(tmp_path, write_pipeline, capsys):
+    """`rlft run` whose stage process dies by SIGKILL right after checkpoint-6 is complete (rlft/faults.py:
+    deterministic, no sleeping). checkpoint-6's state file is then cut in half, as a kill while it was
+    being written leaves it: the next `rlft run` resumes from checkpoint-3, the last complete one."""
     pipeline = write_pipeline(
-        sft_trainer="{max_steps: 150, save_steps: 5, logging_steps: 1, per_device_train_batch_size: 2}"
+        sft_trainer="{max_steps: 9, save_steps: 3, save_total_limit: 3, logging_steps: 1, per_device_train_batch_size: 2}"
     )
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rlft", "run", str(pipeline), "--run-dir", str(run_dir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group: we kill the runner and the stage together
-    )
-    checkpoints = run_dir / ".work" / "sft" / "checkpoints"
-    deadline = time.time() + 240
-    while time.time() < deadline and not (checkpoints / "checkpoint-10" / "trainer_state.json").exists():
-        assert proc.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    command = [sys.executable, "-m", "rlft", "run", str(pipeline), "--run-dir", str(run_dir)]
+    env = {**os.environ, "RLFT_KILL_AFTER_CHECKPOINT": "6"}
+    died = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert died.returncode == 2, died.stdout[-2000:] + died.stderr[-2000:]
+    assert "stage 'sft' failed: its process was killed by SIGKILL" in died.stderr
     assert not (run_dir / "sft").exists()  # no artifact from a stage that died
-    died = json.loads((run_dir / ".work" / "sft" / "stage.json").read_text())
-    assert died["status"] == "running"  # killed, so it never wrote its end
-    # the last complete checkpoint (a kill during a save leaves a checkpoint folder without its state)
-    complete = [p for p in checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
-    killed_at = max(int(p.name.split("-")[1]) for p in complete)
-    assert 10 <= killed_at < 150
+    assert json.loads((run_dir / ".work" / "sft" / "stage.json").read_text())["status"] == "running"
+    checkpoints = run_dir / ".work" / "sft" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    state = checkpoints / "checkpoint-6" / "trainer_state.json"
+    state.write_text(state.read_text()[:100])  # killed while writing its state file, the last one written
 
     outcomes = run_pipeline(load_pipeline(pipeline), run_dir=run_dir)
     assert [o.status for o in outcomes] == ["ran"]
     record = stage_json(run_dir, "sft")
-    assert record["resumed_from"].endswith(f"checkpoint-{killed_at}")
-    resumed_at = killed_at
-    assert record["metrics"]["train/global_step"] == 150
-    steps = [m["step"] for m in map(json.loads, (run_dir / "sft" / "metrics.jsonl").read_text().splitlines())]
-    # The second run logs from just after the checkpoint, not from step 1 again: no step up to the
-    # checkpoint is logged twice (steps after it may be, when the first run got past it before dying).
-    assert steps[0] == 1 and steps[-1] == 150
-    assert not [s for s in set(steps) if s <= resumed_at and steps.count(s) > 1]
-    assert set(range(1, 151)) <= set(steps)
+    assert record["resumed_from"].endswith("checkpoint-3")
+    assert "written only in part" in capsys.readouterr().out  # the cut-short checkpoint-6, removed first
+    assert record["metrics"]["train/global_step"] == 9
+    records = map(json.loads, (run_dir / "sft" / "metrics.jsonl").read_text().splitlines())
+    steps = [m["step"] for m in records if "train/loss" in m]
+    # The first run logged steps 1-6; the second logs from just after checkpoint-3: 4-6 twice, 1-3 once.
+    assert steps == [1, 2, 3, 4, 5, 6, 4, 5, 6, 7, 8, 9]
 
 
 def test_failed_stage_reports_and_keeps_no_artifact(tmp_path, capsys):
@@ -304,3 +296,35 @@ def test_the_summary_table_shows_a_multitask_stages_reward_per_task():
     print_summary(Console(file=out, width=200), outcomes, Path("runs/x"))
     rows = {line.split("│")[1].strip(): line for line in out.getvalue().splitlines() if line.count("│") > 3}
     assert "upper 1.000, reverse 0.995" in rows["joint"] and "0.500" in rows["sft"]
+
+
+def test_ctrl_c_stops_the_run_and_its_stage_and_says_how_to_resume(tmp_path, write_pipeline):
+    """SIGINT to the process group (what Ctrl-C in a terminal sends) once the stage trains: the stage
+    process writes its status and exits, `rlft run` exits 130 with the command that goes on."""
+    pipeline = write_pipeline(
+        sft_trainer="{max_steps: 5000, save_steps: 2, logging_steps: 1, per_device_train_batch_size: 2}"
+    )
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlft", "run", str(pipeline), "--run-dir", str(run_dir), "--force"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    checkpoint = run_dir / ".work" / "sft" / "checkpoints" / "checkpoint-2" / "trainer_state.json"
+    for _ in range(2400):  # 120 s at most
+        if checkpoint.exists() or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "interrupted: stage 'sft' stopped; running the pipeline again resumes it from checkpoint-" in err
+    assert f"resume with: rlft run {pipeline} --run-dir {run_dir}\n" in err  # --force left out
+    record = json.loads((run_dir / ".work" / "sft" / "stage.json").read_text())
+    assert record["status"] == "interrupted"  # the stage process stopped cleanly, and wrote so
+    with pytest.raises(ProcessLookupError):
+        os.kill(record["pid"], 0)  # and is gone
+    assert (run_dir / ".lock").read_text() == ""  # the run folder is free again

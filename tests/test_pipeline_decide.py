@@ -83,10 +83,11 @@ def test_an_unfinished_run_with_the_same_plan_resumes_from_its_last_checkpoint()
 def test_read_stage_facts_takes_complete_checkpoints_in_step_order(tmp_path):
     run, other = tmp_path / "run", tmp_path / "other"
     work = run / ".work" / "sft"
-    for step, complete in ((5, True), (10, True), (100, True), (150, False)):  # 150: killed during its save
+    # 150: killed before its state file (written last), 200: killed while writing it (half a JSON file)
+    for step, state in ((5, "{}"), (10, "{}"), (100, "{}"), (150, None), (200, '{"global_step": 2')):
         (work / "checkpoints" / f"checkpoint-{step}").mkdir(parents=True)
-        if complete:
-            (work / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+        if state is not None:
+            (work / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
     (work / "plan.json").write_text(json.dumps({"config_hash": HASH, "inputs": INPUTS}))
     (run / "sft").mkdir(parents=True)
     (run / "sft" / "stage.json").write_text(json.dumps(record(status="failed")))

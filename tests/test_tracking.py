@@ -60,6 +60,34 @@ def test_trainer_callback_adds_tokens_per_second(tmp_path, monkeypatch):
     assert rates == {1: 200.0, 2: 200.0, 6: None, 7: 300.0}
 
 
+def test_trainer_callback_counts_samples_seen_across_a_resume(tmp_path):
+    """train/samples_seen grows by the global batch per optimizer step, is saved in the checkpoint's
+    trainer state and taken up again by a resumed run (a fresh run starts from 0)."""
+    from types import SimpleNamespace
+
+    from rlft.tracking import trainer_callback
+
+    args = SimpleNamespace(per_device_train_batch_size=4, gradient_accumulation_steps=2, world_size=3)
+    callback = trainer_callback(Tracker(tmp_path / "metrics.jsonl"))
+    state = SimpleNamespace(is_world_process_zero=True, global_step=0, stateful_callbacks={})
+    callback.on_train_begin(args, state, None)
+    for state.global_step in (1, 2):
+        callback.on_step_end(args, state, None)
+    assert callback.samples_seen == 48
+    saved = {type(callback).__name__: callback.state()}  # what the checkpoint's trainer_state.json keeps
+
+    resumed = trainer_callback(Tracker(tmp_path / "metrics.jsonl"))
+    state = SimpleNamespace(is_world_process_zero=True, global_step=2, stateful_callbacks=saved)
+    resumed.on_train_begin(args, state, None)
+    state.global_step = 3
+    resumed.on_step_end(args, state, None)
+    resumed.on_log(args, state, None, logs={"loss": 1.0})
+    assert read_metrics(tmp_path / "metrics.jsonl")[-1]["train/samples_seen"] == 72
+    state.global_step = 0  # a run from the start ignores whatever state it is given
+    resumed.on_train_begin(args, state, None)
+    assert resumed.samples_seen == 0
+
+
 def test_metrics_jsonl_only_on_main_process(tmp_path):
     main, other = Tracker(tmp_path / "a.jsonl"), Tracker(tmp_path / "b.jsonl", main_process=False)
     for t in (main, other):

@@ -20,7 +20,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-STATE_FILE = "trainer_state.json"
+from rlft import faults
+from rlft.artifacts import CHECKPOINT_STATE as STATE_FILE
+from rlft.artifacts import complete_checkpoints
 
 
 def checkpoint_path(checkpoint_dir: str | Path, step: int) -> Path:
@@ -35,6 +37,8 @@ def save_checkpoint(accelerator: Any, folder: str | Path, state: dict[str, Any],
     folder = Path(folder)
     accelerator.save_state(str(folder))
     accelerator.wait_for_everyone()
+    step = int(folder.name.split("-")[-1])
+    faults.checkpoint_half_written(step, folder)
     if accelerator.is_main_process:
         tmp = folder / f".{STATE_FILE}.tmp"
         tmp.write_text(json.dumps(state, indent=2) + "\n")
@@ -43,6 +47,7 @@ def save_checkpoint(accelerator: Any, folder: str | Path, state: dict[str, Any],
             for old in complete_checkpoints(folder.parent)[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+    faults.checkpoint_complete(step, folder)
     return folder
 
 
@@ -52,9 +57,3 @@ def load_checkpoint(accelerator: Any, folder: str | Path) -> dict[str, Any]:
     state = json.loads((folder / STATE_FILE).read_text())
     accelerator.load_state(str(folder))
     return state
-
-
-def complete_checkpoints(checkpoint_dir: str | Path) -> list[Path]:
-    """`checkpoint-N` folders holding a trainer_state.json, oldest first."""
-    found = [p for p in Path(checkpoint_dir).glob("checkpoint-*") if (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))

@@ -231,7 +231,8 @@ def score_responses(
 
     The completion is given in the prompt's style, as TRL does: text for a text prompt, an
     assistant message for a conversation. `fields` are the data's other columns (e.g. `answer`),
-    one list per column. A NaN or None score is an error: PPO cannot train on it.
+    one list per column. None becomes NaN: the caller's NaN/Inf guard (rlft/guards.py) decides what a
+    non-finite score does, naming the reward function that gave it.
     """
     shaped = [
         c if isinstance(p, str) else [{"role": "assistant", "content": c}]
@@ -239,14 +240,12 @@ def score_responses(
     ]
     values = reward_fn(list(prompts), shaped, **(fields or {}))
     scores = torch.tensor([float("nan") if v is None else float(v) for v in values], dtype=torch.float32)
-    if scores.shape != (len(prompts),) or not torch.isfinite(scores).all():
-        bad = [i for i, v in enumerate(scores.tolist()) if v != v or abs(v) == float("inf")]
+    if scores.shape != (len(prompts),):
         raise RewardError(
-            f"the reward returned {len(values)} scores for {len(prompts)} responses"
-            + (f", not finite at rows {bad[:5]}" if bad else "")
-            + "; a PPO reward must give one finite number per response (fix the reward function: return a "
-            "float, never None or NaN, for every completion)"
+            f"the reward returned {len(values)} scores for {len(prompts)} responses; a PPO reward must give "
+            "one number per response (fix the reward function: return a float for every completion)"
         )
+    # a NaN or inf is returned as it is: the stage's non-finite guard names the reward and the step
     return scores
 
 

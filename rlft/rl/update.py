@@ -44,6 +44,7 @@ def ppo_update(
     max_grad_norm: float | None,
     generator: torch.Generator,
     on_optimizer_step: Callable[[], None] | None = None,
+    check: Callable[[dict[str, torch.Tensor]], bool] | None = None,
 ) -> dict[str, float]:
     """Train the (wrapped) ActorCritic on `experience`; returns each statistic's mean over micro-batches.
 
@@ -51,6 +52,9 @@ def ppo_update(
     (rlft.rl.core), each a float of this process. `accelerator` must have been built with
     `gradient_accumulation_steps` (its `accumulate` decides when gradients are synced and the
     optimizer steps). `on_optimizer_step` runs after every optimizer step (the LR schedule).
+    `check` (the stage's NaN/Inf guard, rlft/guards.py) sees each micro-batch's losses before its backward
+    and the gradient norm before each optimizer step; when it says False (skip), the gradients gathered
+    for the minibatch so far are dropped and the micro-batch leaves no statistics. All skipped: {}.
     """
     from accelerate.utils import DistributedType
 
@@ -82,10 +86,18 @@ def ppo_update(
                     with torch.set_grad_enabled(entropy_coef != 0 and torch.is_grad_enabled()):
                         entropy = entropy_from_logits(logits, micro.response_mask, temperature=temperature)
                     loss = pg_loss + vf_coef * vf_loss - entropy_coef * entropy
+                    if check is not None and not check(
+                        {"policy loss": pg_loss, "value loss": vf_loss, "entropy": entropy}
+                    ):
+                        optimizer.zero_grad()
+                        continue
                     accelerator.backward(loss)
                     # DeepSpeed clips itself
                     if accelerator.sync_gradients and max_grad_norm is not None and not deepspeed:
-                        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+                        norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+                        if check is not None and not check({"gradient norm": norm}):
+                            optimizer.zero_grad()
+                            continue
                     optimizer.step()
                     optimizer.zero_grad()
                     if accelerator.sync_gradients and on_optimizer_step is not None:

@@ -12,12 +12,13 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
 from rlft.config import NAME_PATTERN, EvaluateConfig, ModelSource, Strict, TrackingConfig
 from rlft.distributed import is_main_process
+from rlft.guards import NonFiniteGuard
 from rlft.tracking import Tracker
 from rlft.trainer_fields import TRAINER_DEFAULTS
 
@@ -37,6 +38,14 @@ class StageBase(Strict):
         description="accelerate config (a shipped name like zero3, or a path); none: the stage runs as plain `python -m`",
     )
     seed: int = Field(0, description="seeds python, numpy and torch (and the trainer)")
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop",
+        description="a NaN/Inf loss, gradient, reward or advantage: stop the stage (naming the step and what), "
+        "or skip that batch (counted in stage.json)",
+    )
+    max_nonfinite: int = Field(
+        10, ge=0, description="with on_nonfinite: skip, the stage still stops after this many skipped batches"
+    )
 
     # "module:Class" of the TRL/transformers config dataclass that `trainer:` passes through to.
     trainer_config_class: ClassVar[str | None] = None
@@ -83,8 +92,10 @@ class StageBase(Strict):
         return {}
 
     def hashed_config(self) -> dict[str, Any]:
-        """The part of the config that decides the stage's result (what skipping compares)."""
-        return self.model_dump(mode="json", by_alias=True, exclude={"launch"})
+        """The part of the config that decides the stage's result (what skipping compares). The NaN/Inf
+        policy counts only when it skips: stopping changes nothing in a stage that finishes."""
+        exclude = {"launch"} | ({"on_nonfinite", "max_nonfinite"} if self.on_nonfinite == "stop" else set())
+        return self.model_dump(mode="json", by_alias=True, exclude=exclude)
 
 
 class TrainerStage(StageBase):
@@ -137,10 +148,23 @@ class StageContext:
     evaluate: EvaluateConfig | None = None
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     resume_from: str | None = None  # last trainer checkpoint of a run of this stage that died
+    strict: bool = False  # rlft run --strict: too little disk space for the stage is an error, not a warning
     tracker: Tracker | None = None  # metrics.jsonl (+ W&B, TensorBoard)
     # what a TRL stage gave its trainer config (rlft's merge, before the config's own defaults):
     # kept in stage.json (info.trainer_settings), so a plain TRL script can be given the same
     trainer_settings: dict[str, Any] | None = None
+    guard: NonFiniteGuard | None = None  # what a NaN/Inf does (rlft/guards.py); made by `nonfinite_guard`
+
+    def nonfinite_guard(self, cfg: StageBase) -> NonFiniteGuard:
+        """The stage's guard against NaN/Inf, made once from `cfg.on_nonfinite` and `cfg.max_nonfinite`."""
+        if self.guard is None:
+            self.guard = NonFiniteGuard(
+                stage=cfg.name,
+                mode=cfg.on_nonfinite,
+                max_skips=cfg.max_nonfinite,
+                checkpoint_dir=self.checkpoint_dir,
+            )
+        return self.guard
 
     @property
     def checkpoint_dir(self) -> Path:

@@ -41,6 +41,50 @@ def rank_summary(trainer: Any) -> dict[str, Any]:
     }
 
 
+def training_callbacks(cfg: Any, ctx: StageContext) -> list[Any]:
+    """The callbacks every TRL stage's trainer gets: its logs to the tracker (and rlft.faults' hooks),
+    and the NaN/Inf guard of `cfg.on_nonfinite` (rlft/guards.py)."""
+    from transformers import TrainerCallback
+
+    from rlft.guards import trainer_guard
+    from rlft.tracking import trainer_callback
+
+    class DiskSpace(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            if model is not None:
+                check_disk_space(
+                    cfg,
+                    ctx,
+                    model,
+                    steps=state.max_steps - state.global_step,
+                    save_steps=args.save_steps if args.save_strategy == "steps" else None,
+                    save_total_limit=args.save_total_limit,
+                )
+
+    return [trainer_callback(ctx.tracker), trainer_guard(ctx.nonfinite_guard(cfg)), DiskSpace()]
+
+
+def check_disk_space(
+    cfg: Any,
+    ctx: StageContext,
+    model: Any,
+    *,
+    steps: int,
+    save_steps: int | None,
+    save_total_limit: int | None,
+) -> None:
+    """Before training, on the main process: the stage's checkpoints and model against the free space of
+    its work folder (rlft/diskspace.py); a warning, an error under `rlft run --strict`."""
+    from rlft.diskspace import check_free_space, checkpoints_kept, write_estimate
+
+    if not ctx.is_main_process:
+        return
+    kept = checkpoints_kept(steps=steps, save_steps=save_steps, save_total_limit=save_total_limit)
+    ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    needed = write_estimate(model, checkpoints=kept)
+    check_free_space(ctx.work_dir, needed, stage=cfg.name, checkpoints=kept, strict=ctx.strict)
+
+
 def build_trainer_args(
     config_class: Any, cfg: TrainerStage, ctx: StageContext, *, has_eval: bool, defaults: dict[str, Any]
 ) -> Any:

@@ -42,6 +42,7 @@ from rlft.stages.common import (
     rank_summary,
     report_data,
     save_policy,
+    training_callbacks,
 )
 
 Mode = Literal["preference", "representation"]
@@ -248,9 +249,9 @@ def make_preference_trainer(
 
 
 def run_preference(cfg: ContrastiveStage, ctx: StageContext) -> StageResult:
-    from rlft.tracking import namespaced, trainer_callback
+    from rlft.tracking import namespaced
 
-    trainer, info = make_preference_trainer(cfg, ctx, callbacks=[trainer_callback(ctx.tracker)])
+    trainer, info = make_preference_trainer(cfg, ctx, callbacks=training_callbacks(cfg, ctx))
     metrics: dict[str, Any] = {}
     if trainer.eval_dataset is not None and not ctx.resume_from:
         # Unlike DPO's (0.5 at the start by construction), the starting model's own preference is informative.
@@ -326,7 +327,6 @@ def run_representation(cfg: ContrastiveStage, ctx: StageContext) -> StageResult:
         write_embedding_config,
     )
     from rlft.models.tuning import save_model
-    from rlft.tracking import trainer_callback
 
     policy, causal = load_start(cfg, ctx)
     tokenizer = policy.tokenizer
@@ -374,7 +374,7 @@ def run_representation(cfg: ContrastiveStage, ctx: StageContext) -> StageResult:
         eval_dataset=data.eval,
         data_collator=PairCollator(tokenizer, **text),
         processing_class=tokenizer,
-        callbacks=[trainer_callback(ctx.tracker), *policy.callbacks],
+        callbacks=[*training_callbacks(cfg, ctx), *policy.callbacks],
     )
     if ctx.resume_from:
         ctx.log(f"resuming from {ctx.resume_from}")

@@ -34,6 +34,7 @@ from rlft.stages.common import (
     load_data,
     load_policy,
     report_data,
+    training_callbacks,
 )
 
 LossName = Literal["sigmoid", "ipo", "hinge", "robust", "sigmoid_norm", "sft"]
@@ -206,9 +207,9 @@ def final_metrics(trainer: Any) -> dict[str, Any]:
 
 
 def run(cfg: DPOStage, ctx: StageContext) -> StageResult:
-    from rlft.tracking import namespaced, trainer_callback
+    from rlft.tracking import namespaced
 
-    trainer, info = make_trainer(cfg, ctx, callbacks=[trainer_callback(ctx.tracker)])
+    trainer, info = make_trainer(cfg, ctx, callbacks=training_callbacks(cfg, ctx))
     if ctx.resume_from:
         ctx.log(f"resuming from {ctx.resume_from}")
     trainer.train(resume_from_checkpoint=ctx.resume_from)

@@ -37,6 +37,7 @@ from rlft.stages.common import (
     load_data,
     load_policy,
     report_data,
+    training_callbacks,
 )
 
 # Logged by TRL's GRPO/RLOO trainers (names after rlft.tracking.namespaced), kept in the summary.
@@ -128,14 +129,14 @@ def make_trainer(
 
 def run_online(cfg: Any, ctx: StageContext, *, trainer_class: Any, config_class: Any) -> StageResult:
     """Train, then save the policy and measure the task reward (shared by GRPO and RLOO)."""
-    from rlft.tracking import namespaced, trainer_callback
+    from rlft.tracking import namespaced
 
     trainer, info = make_trainer(
         cfg,
         ctx,
         trainer_class=trainer_class,
         config_class=config_class,
-        callbacks=[trainer_callback(ctx.tracker)],
+        callbacks=training_callbacks(cfg, ctx),
     )
     if ctx.resume_from:
         ctx.log(f"resuming from {ctx.resume_from}")

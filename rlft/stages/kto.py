@@ -35,6 +35,7 @@ from rlft.stages.common import (
     load_data,
     load_policy,
     report_data,
+    training_callbacks,
 )
 
 # Stage keys that set KTOConfig fields: given here, not in `trainer:`.
@@ -150,9 +151,9 @@ def make_trainer(
 
 
 def run(cfg: KTOStage, ctx: StageContext) -> StageResult:
-    from rlft.tracking import namespaced, trainer_callback
+    from rlft.tracking import namespaced
 
-    trainer, info = make_trainer(cfg, ctx, callbacks=[trainer_callback(ctx.tracker)])
+    trainer, info = make_trainer(cfg, ctx, callbacks=training_callbacks(cfg, ctx))
     if ctx.resume_from:
         ctx.log(f"resuming from {ctx.resume_from}")
     trainer.train(resume_from_checkpoint=ctx.resume_from)

@@ -438,7 +438,7 @@ def run(cfg: MultitaskStage, ctx: StageContext) -> StageResult:
     from rlft.multitask import evaluate_tasks, micro_batch_loss, score_reference
     from rlft.rl.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
     from rlft.rl.metrics import mean_over_processes, weights_checksum
-    from rlft.stages.common import load_policy
+    from rlft.stages.common import check_disk_space, load_policy
 
     # --- setup ------------------------------------------------------------------------------
     # Resolve the source (a tiny model is built there) before the accelerator: see rlft.stages.ppo.run.
@@ -502,6 +502,15 @@ def run(cfg: MultitaskStage, ctx: StageContext) -> StageResult:
     )
 
     # --- loop --------------------------------------------------------------------------------
+    guard = ctx.nonfinite_guard(cfg)  # NaN/Inf task losses (rlft/guards.py)
+    check_disk_space(
+        cfg,
+        ctx,
+        model,
+        steps=cfg.steps - start,
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+    )
     # Per task, this process's micro-batch losses since the last log, and since the last evaluation.
     # Every process draws the same tasks, so every process has the same keys to average.
     window: dict[str, list[float]] = {}
@@ -520,6 +529,8 @@ def run(cfg: MultitaskStage, ctx: StageContext) -> StageResult:
                 loss, _, n_tokens = micro_batch_loss(
                     model, task, [task.train[i] for i in row_ids], pad_id=pad_id, device=accelerator.device
                 )
+                if not guard.check({f"task '{task.name}' loss": loss}, step=step):
+                    continue  # on_nonfinite: skip drops the micro-batch
                 accelerator.backward(loss * task.cfg.loss_weight)  # accelerate divides by the accumulation
                 if accelerator.sync_gradients and cfg.max_grad_norm is not None and not deepspeed:
                     accelerator.clip_grad_norm_(
@@ -531,6 +542,8 @@ def run(cfg: MultitaskStage, ctx: StageContext) -> StageResult:
             window.setdefault(task.name, []).append(loss.item())
             since_eval.setdefault(task.name, []).append(loss.item())
             tokens += n_tokens
+        if not micro_losses:  # every micro-batch of the step skipped
+            continue
         scheduler.step()
         local_losses.append(sum(micro_losses) / len(micro_losses))
         losses.append(mean_over_processes(accelerator, {"loss": torch.tensor(local_losses[-1])})["loss"])
@@ -668,7 +681,8 @@ def log_metrics(
 ) -> dict[str, float]:
     """What a logging step records: train/loss (the mean over the window's steps, all processes),
     task/<name>/train_loss (each task's micro-batches in the window), task/<name>/share (the realised
-    share of the micro-batches so far), the learning rate and speed. Every process must call it."""
+    share of the micro-batches so far), train/samples_seen (rows drawn so far, all processes; the sampler's
+    count, restored on resume), the learning rate and speed. Every process must call it."""
     import torch
 
     from rlft.rl.metrics import mean_over_processes
@@ -679,6 +693,9 @@ def log_metrics(
     metrics |= {
         "train/loss": sum(step_losses) / len(step_losses),
         "train/learning_rate": scheduler.get_last_lr()[0],
+        "train/samples_seen": sampler.draws
+        * sampler.batch_size
+        * sampler.world_size,  # rows drawn, all processes
         "perf/seconds_per_step": sum(seconds) / len(seconds),
         **{f"task/{t.name}/share": s for t, s in zip(tasks, sampler.realised_shares(), strict=True)},
     }

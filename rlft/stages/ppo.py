@@ -36,7 +36,14 @@ from rlft.data import DataConfig
 from rlft.models.tuning import FullTuning, TuningConfig
 from rlft.rewards import RewardSpec
 from rlft.stages.base import StageBase, StageContext, StageResult
-from rlft.stages.common import build_reward_fn, load_data, load_policy, report_data, save_policy
+from rlft.stages.common import (
+    build_reward_fn,
+    check_disk_space,
+    load_data,
+    load_policy,
+    report_data,
+    save_policy,
+)
 
 
 class AdaptiveKL(Strict):
@@ -274,6 +281,10 @@ def run(cfg: PPOStage, ctx: StageContext) -> StageResult:
     device = accelerator.device
 
     # --- loop --------------------------------------------------------------------------------
+    guard = ctx.nonfinite_guard(cfg)  # NaN/Inf rewards, advantages, losses, gradients (rlft/guards.py)
+    check_disk_space(
+        cfg, ctx, model, steps=steps - start, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit
+    )
     seconds, local_losses = [], []  # local_losses: this process's own, before averaging over processes
     for step in range(start + 1, steps + 1):
         began = time.time()
@@ -297,6 +308,9 @@ def run(cfg: PPOStage, ctx: StageContext) -> StageResult:
             )
         completions = decode_responses(tokenizer, rollout)
         scores = score_responses(reward_fn, texts, completions, fields)
+        parts = getattr(reward_fn, "last_components", None) or {"reward": scores.tolist()}
+        if not guard.check({f"reward '{n}'": torch.tensor(v) for n, v in parts.items()}, step=step):
+            continue  # on_nonfinite: skip drops the rollout
         exp = experience_from_rollout(
             model,
             reference,
@@ -312,6 +326,8 @@ def run(cfg: PPOStage, ctx: StageContext) -> StageResult:
             whiten_rewards=cfg.whiten_rewards,
             missing_eos_penalty=cfg.missing_eos_penalty,
         )
+        if not guard.check({"advantages": exp.advantages, "returns": exp.returns}, step=step):
+            continue
         if unfreezing is not None:
             unfreezing.apply((step - 1) * updates_per_step)
         train = ppo_update(
@@ -330,7 +346,10 @@ def run(cfg: PPOStage, ctx: StageContext) -> StageResult:
             max_grad_norm=cfg.max_grad_norm,
             generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1009 + rank),
             on_optimizer_step=scheduler.step,
+            check=lambda values: guard.check(values, step=step),  # noqa: B023 - called within this step
         )
+        if not train:  # every micro-batch skipped
+            continue
         values = step_metrics(exp, train, reward_fn=reward_fn)
         values["_tokens"] = rollout.attention_mask.sum()  # real prompt + response tokens of this rollout
         metrics = mean_over_processes(accelerator, values)

@@ -32,6 +32,7 @@ from rlft.stages.common import (
     load_data,
     rank_summary,
     report_data,
+    training_callbacks,
 )
 
 logger = logging.getLogger(__name__)
@@ -160,9 +161,8 @@ def run(cfg: RewardStage, ctx: StageContext) -> StageResult:
     from rlft.comparisons import calibration
     from rlft.distributed import gathered_model
     from rlft.models.tuning import save_model
-    from rlft.tracking import trainer_callback
 
-    trainer, info = make_trainer(cfg, ctx, callbacks=[trainer_callback(ctx.tracker)])
+    trainer, info = make_trainer(cfg, ctx, callbacks=training_callbacks(cfg, ctx))
     if ctx.resume_from:
         ctx.log(f"resuming from {ctx.resume_from}")
     trainer.train(resume_from_checkpoint=ctx.resume_from)

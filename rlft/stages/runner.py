@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
+import socket
 import sys
 import time
 import traceback
@@ -25,6 +28,7 @@ from rlft.artifacts import (
     write_json_atomic,
 )
 from rlft.config import EvaluateConfig, TrackingConfig
+from rlft.diskspace import disk_full_message, is_disk_full
 from rlft.distributed import is_main_process, process_rank, world_size
 from rlft.errors import RlftError
 from rlft.log import ensure_logging, stage_log
@@ -68,6 +72,7 @@ def _run(work: Path) -> int:
         evaluate=EvaluateConfig.model_validate(plan["evaluate"]) if plan.get("evaluate") else None,
         tracking=TrackingConfig.model_validate(plan["tracking"]),
         resume_from=plan.get("resume_from"),
+        strict=bool(plan.get("strict")),
         tracker=Tracker(work / "metrics.jsonl", main_process=main_process, log_dir=work / "artifact"),
     )
     record = {
@@ -83,6 +88,8 @@ def _run(work: Path) -> int:
         "versions": library_versions(),
         "git_commit": git_commit(),
         "started": time.time(),
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
     }
     if main_process:
         ctx.artifact_dir.mkdir(parents=True, exist_ok=True)
@@ -102,13 +109,33 @@ def _run(work: Path) -> int:
     start = time.time()
     try:
         result = module.run(cfg, ctx)
+    except KeyboardInterrupt:  # Ctrl-C: stop cleanly; the checkpoints stay for the next run to resume from
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
+        logger.warning(f"stage '{cfg.name}' interrupted (Ctrl-C)")
+        ctx.tracker.finish()
+        if main_process:
+            write_json_atomic(
+                work / "stage.json", {**record, "status": "interrupted", "finished": time.time()}
+            )
+        return 130
     except (RlftError, *REWARD_INPUT_ERRORS) as e:  # the user's input: the message says what to fix
         return _fail(work, record, ctx, main_process, str(e), code=2)
     except Exception as e:  # noqa: BLE001 - any failure: traceback to the log, status to stage.json
+        if is_disk_full(e):
+            return _fail(
+                work,
+                record,
+                ctx,
+                main_process,
+                disk_full_message(ctx.checkpoint_dir, ctx.artifact_dir),
+                code=2,
+            )
         traceback.print_exc()
         return _fail(work, record, ctx, main_process, f"{type(e).__name__}: {e}", code=1)
 
     seconds = time.time() - start
+    if ctx.guard is not None and ctx.guard.skips:
+        result.info["nonfinite"] = ctx.guard.summary()
     result.info["peak_memory"] = peak_memory()
     if ctx.trainer_settings is not None:
         result.info["trainer_settings"] = json.loads(json.dumps(ctx.trainer_settings, default=str))

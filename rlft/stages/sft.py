@@ -27,6 +27,7 @@ from rlft.stages.common import (
     load_data,
     load_policy,
     report_data,
+    training_callbacks,
 )
 
 logger = logging.getLogger(__name__)
@@ -114,9 +115,7 @@ def _check_truncation(
 
 
 def run(cfg: SFTStage, ctx: StageContext) -> StageResult:
-    from rlft.tracking import trainer_callback
-
-    trainer, info = make_trainer(cfg, ctx, callbacks=[trainer_callback(ctx.tracker)])
+    trainer, info = make_trainer(cfg, ctx, callbacks=training_callbacks(cfg, ctx))
     if ctx.resume_from:
         ctx.log(f"resuming from {ctx.resume_from}")
     trainer.train(resume_from_checkpoint=ctx.resume_from)
