@@ -40,10 +40,10 @@ MODES = ("no precompute", "precompute, no cache", "precompute + cache")
 def run_point(model: Path, work: Path, *, beta: float, precompute: bool, steps: int, batch: int) -> dict:
     """One DPO stage in this process: seconds to build the trainer, to train, and the cache events."""
     from rlft.stages import dpo
-    from rlft.stages.common import StageContext
+    from rlft.stages.base import StageContext
     from rlft.tracking import Tracker
 
-    cfg = dpo.Config.model_validate(
+    cfg = dpo.DPOStage.model_validate(
         {
             "name": "dpo",
             "kind": "dpo",

@@ -45,6 +45,22 @@ class RewardOutputError(ValueError):
     """A reward function returned what cannot be a reward (another number of scores than completions)."""
 
 
+class RewardRaisedError(RewardOutputError):
+    """A reward function raised: one line naming the function, the exception and where it was raised
+    in the user's code (the whole traceback stays chained, as ``__cause__``, for the stage's log)."""
+
+
+def _raised_where(error: BaseException) -> str:
+    """`file:line in function` of the innermost frame of the exception's traceback."""
+    import traceback
+
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return "unknown place"
+    last = frames[-1]
+    return f"{last.filename}:{last.lineno} in {last.name}"
+
+
 @dataclass
 class Component:
     name: str  # unique within the composite; the key of last_components
@@ -77,7 +93,15 @@ class CompositeReward:
         totals = [0.0] * n
         scores: dict[str, list[float]] = {}
         for c in self.components:
-            values = c.fn(prompts, completions, **fields)
+            try:
+                values = c.fn(prompts, completions, **fields)
+            except RewardOutputError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the user's function: say which, what and where
+                raise RewardRaisedError(
+                    f"reward '{c.name}' raised {type(e).__name__}: {e} (at {_raised_where(e)}); fix the "
+                    "function (the whole traceback is in the stage's stage.log)"
+                ) from e
             if len(values) != n:
                 raise RewardOutputError(
                     f"reward '{c.name}' returned {len(values)} rewards for {n} completions; a reward function "

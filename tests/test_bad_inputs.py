@@ -516,14 +516,18 @@ def test_debug_shows_the_traceback(tmp_path):
     [
         (
             "return [float('nan')] * len(completions)",
-            "not finite at rows [0, 1, 2, 3]; a PPO reward must give one finite number per response",
+            "stages.ppo: non-finite reward 'score' (",
         ),
         (
             "return [1.0]",
             "reward 'score' returned 1 rewards for 4 completions; a reward function returns one float",
         ),
+        (
+            "return [1 / 0 for c in completions]",
+            "reward 'score' raised ZeroDivisionError: division by zero (at ",
+        ),
     ],
-    ids=["NaN", "wrong length"],
+    ids=["NaN", "wrong length", "raises"],
 )
 def test_a_reward_function_that_breaks_at_run_time(body, expected, tmp_path, capsys):
     """Found only when the reward runs: the stage fails with the reason, exit code 2, no traceback."""
@@ -548,3 +552,6 @@ def test_a_reward_function_that_breaks_at_run_time(body, expected, tmp_path, cap
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert "stage 'ppo' failed: " in err and expected in err
+    if "raised" in expected:  # the whole traceback of the user's function is in the stage's log
+        log = (tmp_path / "run" / ".work" / "ppo" / "stage.log").read_text()
+        assert "Traceback" in log and "1 / 0" in log

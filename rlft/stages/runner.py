@@ -119,6 +119,8 @@ def _run(work: Path) -> int:
             )
         return 130
     except (RlftError, *REWARD_INPUT_ERRORS) as e:  # the user's input: the message says what to fix
+        if e.__cause__ is not None:  # e.g. the user's reward function raised: its traceback, to stage.log
+            logger.debug("".join(traceback.format_exception(e.__cause__)))
         return _fail(work, record, ctx, main_process, str(e), code=2)
     except Exception as e:  # noqa: BLE001 - any failure: traceback to the log, status to stage.json
         if is_disk_full(e):
