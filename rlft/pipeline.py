@@ -407,7 +407,10 @@ def _execute(
     server = stage_server.server() if world is None and not (launch or stage.launch) else None
     if server is not None:
         (work / "stage.log").write_text(f"# forked from the stage server: rlft.stages.runner {work}\n")
-        code = _stream_forked(server, work)
+        try:
+            code = _stream_forked(server, work)
+        except KeyboardInterrupt:
+            raise Interrupted(interrupted_message(stage.name, work)) from None
     elif world is None:
         command = stage_command(launch or stage.launch, work, base_dir=base_dir)
         logger.debug(f"$ {' '.join(command)}")
