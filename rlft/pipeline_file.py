@@ -237,7 +237,7 @@ def check_models(pipeline: PipelineSpec) -> None:
     """Every local model folder a stage names (path, or a hub name that is a local folder) must hold a
     config, weights (safetensors, or pickle with allow_pickle) and, for the stage's own model, a tokenizer."""
     from rlft.config import ModelSource
-    from rlft.models.loading import model_folder_problem
+    from rlft.models.loading import model_folder_problem, model_memory_problem
 
     for i, stage in enumerate(pipeline.stages):
         folders: dict[str, Path] = {}
@@ -264,6 +264,7 @@ def check_models(pipeline: PipelineSpec) -> None:
             problem = model_folder_problem(
                 folder, allow_pickle=source.allow_pickle, needs_tokenizer=key == "model"
             )
+            problem = problem or model_memory_problem(folder, source.dtype)
             if problem:
                 raise ConfigError(f"{at}: {problem}")
             folders[key] = folder

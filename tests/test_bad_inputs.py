@@ -93,6 +93,17 @@ def model_folder(tmp: Path, *files: str) -> Path:
     return folder
 
 
+def too_large(tmp: Path) -> list[str]:
+    """A complete folder whose safetensors header declares 2^40 float32 weights (4 TiB): only the header
+    is written, which is all the check reads."""
+    import struct
+
+    folder = model_folder(tmp, "config.json", "tokenizer.json")
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2**20, 2**20], "data_offsets": [0, 2**42]}}).encode()
+    (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    return pipeline(tmp, lambda raw: raw.update(model={"path": str(folder)}))
+
+
 def model_case(*files: str, key: str = "model"):
     def make(tmp: Path) -> list[str]:
         folder = model_folder(tmp, *files)
@@ -350,6 +361,11 @@ CASES = [
             t, lambda r: (Path(t / "m.txt").write_text("x"), r.update(model={"path": str(t / "m.txt")}))
         ),
         "m.txt is not a folder",
+    ),
+    (
+        "model too large for the memory",
+        too_large,
+        "{tmp}/model needs 4096.0 GiB to hold its weights as float32, and this machine has",
     ),
     (
         "gguf file missing",

@@ -87,6 +87,77 @@ def model_folder_problem(
     )
 
 
+BYTES_PER = {
+    "F64": 8,
+    "F32": 4,
+    "I64": 8,
+    "I32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
+LOADED_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def weights_bytes(folder: Path, dtype: str) -> int | None:
+    """Bytes the folder's safetensors weights take once loaded as `dtype` ("auto": as stored), read from
+    the files' headers alone (no tensor is read); None when a file cannot be read as safetensors."""
+    import json
+    import math
+    import struct
+
+    total = 0
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    for path in files:
+        try:
+            with open(path, "rb") as f:
+                (size,) = struct.unpack("<Q", f.read(8))
+                if size > 100 * 2**20:
+                    return None
+                header = json.loads(f.read(size))
+        except (OSError, ValueError, struct.error):
+            return None
+        for name, tensor in header.items():
+            if name == "__metadata__" or not isinstance(tensor, dict):
+                continue
+            stored = BYTES_PER.get(tensor.get("dtype"), 4)
+            total += math.prod(tensor.get("shape") or [1]) * LOADED_BYTES.get(dtype, stored)
+    return total
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new process (Linux's MemAvailable), None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def model_memory_problem(folder: Path, dtype: str) -> str | None:
+    """On a machine without a GPU: a model whose weights alone exceed the available memory, said before any
+    work (the process would otherwise be killed by the kernel, or swap for hours). Training needs about
+    four times the weights (weights, gradients, Adam's two moments) with full tuning."""
+    if Path("/dev/nvidia0").exists():
+        return None  # GPU memory is what counts there, and the launch config decides where weights go
+    need, have = weights_bytes(folder, dtype), available_memory()
+    if need is None or have is None or need <= have:
+        return None
+    gib = 2**30
+    return (
+        f"{folder} needs {need / gib:.1f} GiB to hold its weights as {dtype}, and this machine has "
+        f"{have / gib:.1f} GiB of memory available (no GPU): use a smaller model, dtype: bfloat16, LoRA, "
+        "or a machine with more memory or a GPU"
+    )
+
+
 def tiny_dir(source: ModelSource, *, run_dir: Path, base_dir: Path) -> Path:
     """Where a tiny model source is built: runs/<pipeline>/models/tiny-<hash of spec and texts>."""
     spec = source.tiny

@@ -96,3 +96,15 @@ def test_local_folder_named_like_a_hub_model_is_used(tiny, tmp_path):
     (tmp_path / "org" / "model").symlink_to(tiny)
     resolved = resolve("org/model", tmp_path)
     assert resolved.name_or_path.endswith("tiny")
+
+
+def test_weights_bytes_reads_the_headers_of_a_saved_model(tiny):
+    from safetensors import safe_open
+
+    from rlft.models.loading import model_memory_problem, weights_bytes
+
+    with safe_open(str(tiny / "model.safetensors"), framework="pt") as f:
+        count = sum(f.get_tensor(k).numel() for k in f.keys())
+    assert count > 0 and weights_bytes(tiny, "float32") == 4 * count
+    assert weights_bytes(tiny, "bfloat16") == 2 * count
+    assert model_memory_problem(tiny, "float32") is None  # a tiny model fits anywhere
