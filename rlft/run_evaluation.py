@@ -16,7 +16,9 @@ pipeline's `evaluate:` prompts:
                      files), and the shares of empty answers and of one word repeated (empty_share,
                      repeat_share), where reward hacking shows first
     held out         what the stage measured on its own held-out data at its end (stage.json): an SFT
-                     stage's perplexity on its eval split, a preference stage's preference accuracy
+                     stage's perplexity on its eval split, a preference stage's preference accuracy;
+                     and every policy stage's perplexity on the first SFT stage's held-out rows
+                     (sft_heldout_perplexity): what later stages gave up of the demonstrations
 
 Reward models get a row of their own (held-out pairwise accuracy, and the ECE of σ(margin) with its
 reliability table in eval.json), and so do encoders (contrastive representation mode: retrieval
@@ -33,6 +35,7 @@ import csv
 import json
 import logging
 import math
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +74,7 @@ COLUMNS = (
     "empty_share",
     "repeat_share",
     "perplexity",
+    "sft_heldout_perplexity",
     "preference_accuracy",
     "pair_accuracy",
     "ece",
@@ -121,6 +125,7 @@ def evaluate_run(
         return judges[0]
 
     greedy: dict[str, list[str]] = {}  # stage -> greedy completions, kept for the baselines
+    heldout = _sft_heldout(records, max_rows=max_prompts or evaluate.max_prompts)
 
     def completions_of(name: str, model: Any, tokenizer: Any) -> list[str]:
         from rlft.evaluation import greedy_completions
@@ -150,6 +155,7 @@ def evaluate_run(
                 seed=seed,
                 options=options,
                 judge=(judge_config, judge_of) if judge_config is not None else None,
+                heldout=heldout,
             )
         )
     write_json_atomic(run / "eval.json", results)
@@ -178,6 +184,7 @@ def _evaluate_stage(
     samples: int,
     seed: int,
     options: dict[str, int],
+    heldout: tuple[str, list[dict[str, Any]], int | None] | None = None,
     judge: tuple[JudgeConfig, Any] | None = None,
 ) -> dict[str, Any]:
     from rlft.comparisons import length_controlled_win_rate, length_statistics, outcomes, win_rate
@@ -192,6 +199,8 @@ def _evaluate_stage(
     row |= _recorded_policy_columns(kind, read_json(run / name / "stage.json") or {})
     row["task_reward"] = sum(task) / len(task)
     row |= length_statistics(greedy)
+    if heldout is not None:
+        row |= heldout_perplexity(model, tokenizer, heldout)
     if samples > 0:
         sampled = sampled_completions(
             model, tokenizer, prompts, samples_per_prompt=samples, seed=seed, **options
@@ -337,6 +346,64 @@ def _recorded_row(name: str, record: dict[str, Any]) -> dict[str, Any]:
         "retrieval_mrr": metrics.get("retrieval/mrr"),
     }
     return row | {k: v for k, v in found.items() if v is not None}
+
+
+def _sft_heldout(
+    records: dict[str, dict[str, Any]], *, max_rows: int | None
+) -> tuple[str, list[dict[str, Any]], int | None] | None:
+    """The held-out rows of the run's first SFT stage that has some (its eval source, or its seeded
+    eval_fraction split, read again through the data layer exactly as the stage read them), with the
+    stage's name and max_length; None when no SFT stage held rows out."""
+    from rlft.data import DataConfig, load_stage_data
+
+    for name, record in records.items():
+        config = record.get("config") or {}
+        data = config.get("data")
+        if record.get("kind") != "sft" or not data or not (data.get("eval") or data.get("eval_fraction")):
+            continue
+        try:
+            loaded = load_stage_data(
+                DataConfig.model_validate(data),
+                formats=("language_modeling", "prompt_completion"),
+                base_dir=Path(record.get("base_dir") or "."),
+                rejects_path=Path(tempfile.mkdtemp(prefix="rlft-eval-")) / "rejects.jsonl",
+            )
+        except (RlftError, OSError) as e:
+            logger.warning(f"held-out SFT data of stage {name} not read again ({e}): no held-out perplexity")
+            return None
+        if loaded.eval is None or len(loaded.eval) == 0:
+            continue
+        rows = [
+            dict(r) for r in loaded.eval.select(range(min(len(loaded.eval), max_rows or len(loaded.eval))))
+        ]
+        return name, rows, (config.get("trainer") or {}).get("max_length") or 1024
+    return None
+
+
+def heldout_perplexity(
+    model: Any, tokenizer: Any, heldout: tuple[str, list[dict[str, Any]], int | None], *, batch_size: int = 16
+) -> dict[str, Any]:
+    """exp(mean NLL per completion token) of a model on the SFT stage's held-out rows, tokenized as
+    rlft's own loops tokenize them (rlft.multitask.encode_sft): the same number for every policy
+    stage, so that what later stages gave up of the demonstrations shows."""
+    import torch
+
+    from rlft.multitask import collate_sft, encode_sft, token_logps
+
+    source, rows, max_length = heldout
+    encoded = [e for e in (encode_sft(tokenizer, r, max_length=max_length) for r in rows) if e is not None]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    total, tokens = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(encoded), batch_size):
+            batch = collate_sft(encoded[i : i + batch_size], pad_id=pad)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logps, mask = token_logps(logits, batch["labels"])
+            total, tokens = total - float(logps.sum()), tokens + int(mask.sum())
+    if not tokens:
+        return {}
+    return {"sft_heldout_perplexity": math.exp(total / tokens), "sft_heldout_of": source}
 
 
 def _recorded_policy_columns(kind: str, record: dict[str, Any]) -> dict[str, Any]:

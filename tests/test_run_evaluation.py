@@ -184,6 +184,11 @@ def test_held_out_columns_of_sft_reward_and_preference_stages(rich_run):
     records = {r["stage"]: json.loads((run_dir / r["stage"] / "stage.json").read_text()) for r in rows}
     assert sft["perplexity"] == pytest.approx(math.exp(records["sft"]["metrics"]["eval/loss"]))
     assert sft["perplexity"] > 1 and "preference_accuracy" not in sft
+    # every policy stage on the SFT stage's held-out rows (its seeded split, read again): the SFT stage
+    # itself close to what TRL measured on them (TRL averages per batch, rlft per token)
+    assert sft["sft_heldout_of"] == dpo["sft_heldout_of"] == "sft"
+    assert sft["sft_heldout_perplexity"] == pytest.approx(sft["perplexity"], rel=0.1)
+    assert dpo["sft_heldout_perplexity"] > 1 and "sft_heldout_perplexity" not in rm
     assert dpo["preference_accuracy"] == records["dpo"]["metrics"]["eval/rewards/accuracies"]
     assert dpo["judge"] == "reward model" and "task_reward" in dpo and "pair_accuracy" not in dpo
 
