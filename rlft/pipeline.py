@@ -406,6 +406,7 @@ def _execute(
                 shutil.rmtree(partial, ignore_errors=True)
     server = stage_server.server() if world is None and not (launch or stage.launch) else None
     if server is not None:
+        logger.debug(f"$ rlft.stages.runner {work}  # forked from the stage server (pid {server.proc.pid})")
         (work / "stage.log").write_text(f"# forked from the stage server: rlft.stages.runner {work}\n")
         try:
             code = _stream_forked(server, work)

@@ -34,7 +34,8 @@ def test_quickstart_improves_on_the_untrained_model(tmp_path, capsys):
     # It ends with the evaluation table (rlft eval) and the report's path.
     assert "rlft eval" in out and f"report: {tmp_path / 'run' / 'report.html'}" in out
     rows = {r["stage"]: r for r in json.loads((tmp_path / "run" / "eval.json").read_text())}
-    assert list(rows) == ["sft", "dpo", "ppo"]
+    assert list(rows) == ["sft", "reward", "dpo", "ppo"]  # the reward model: a row of its own
+    assert rows["reward"]["pair_accuracy"] >= 0.95 and "task_reward" not in rows["reward"]
     for stage in ("dpo", "ppo"):  # judged by the reward model against the SFT model they started from
         assert rows[stage]["baseline"] == "sft" and rows[stage]["judge"] == "reward model"
         assert rows[stage]["win_rate"] > 0.5 and rows[stage]["kl"] > 0
