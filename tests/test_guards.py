@@ -152,3 +152,18 @@ def test_ppo_stops_naming_the_reward_function_and_the_step(tmp_path, tiny_model)
         NonFiniteError, match=r"stages.ppo: non-finite reward '.*flaky_reward.*' \(nan\) at step 2"
     ):
         ppo.run(cfg, context(tmp_path))
+
+
+def test_the_fused_gradient_check_agrees_with_the_element_check():
+    import torch
+
+    from rlft.guards import _all_finite
+
+    grads = [torch.randn(4, 3), torch.randn(5), torch.zeros(2, 2, dtype=torch.float16)]
+    assert _all_finite(grads)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        broken = [g.clone() for g in grads]
+        broken[1][2] = bad
+        assert not _all_finite(broken)
+    large = [torch.full((64,), 60000.0, dtype=torch.float16)]  # finite, but its fp16 norm overflows
+    assert torch.stack(torch._foreach_norm(large)).isinf().all() and _all_finite(large)
