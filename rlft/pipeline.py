@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -608,21 +609,39 @@ def _stream(command: list[str], log_path: Path) -> int:
         _copy_output(proc.stdout.fileno(), log_path)
         return proc.wait()
     except KeyboardInterrupt:
-        _stop(proc)
+        _stop_child(proc)
         raise
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """After Ctrl-C: let the stage process stop on its own (a terminal's Ctrl-C reaches it too), tell it
-    (SIGINT) when the interrupt was ours alone, and kill it when it does not stop."""
+_STOP_WAITS = (5.0, 30.0)  # seconds a stage process gets to stop on its own, then after SIGINT
+
+
+def _stop(gone_within: Callable[[float], bool], send: Callable[[int], None]) -> None:
+    """After Ctrl-C: let a stage process stop on its own (a terminal's Ctrl-C reaches it too), tell it
+    (SIGINT) when the interrupt was ours alone, and kill it when it does not stop.
+
+    gone_within(seconds) waits up to that long and says whether the process has ended; send(signal)
+    signals it. Callers give these for their own kind of process (a child, or a forked pid).
+    """
     import signal
 
-    for wait, then in ((5, lambda: proc.send_signal(signal.SIGINT)), (30, proc.kill)):
-        try:
-            proc.wait(timeout=wait)
+    for wait, sig in zip(_STOP_WAITS, (signal.SIGINT, signal.SIGKILL), strict=True):
+        if gone_within(wait):
             return
+        send(sig)
+
+
+def _stop_child(proc: subprocess.Popen) -> None:
+    """`_stop` for our own child process (then reaped)."""
+
+    def gone_within(seconds: float) -> bool:
+        try:
+            proc.wait(timeout=seconds)
+            return True
         except subprocess.TimeoutExpired:
-            then()
+            return False
+
+    _stop(gone_within, proc.send_signal)
     proc.wait()
 
 
@@ -645,7 +664,6 @@ def _stream_forked(server: stage_server.StageServer, work: Path) -> int:
 
 def _stop_pid(pid: int) -> None:
     """`_stop` for a forked stage process: not our child (the stage server's), so polled by pid."""
-    import signal
     import time
 
     def gone_within(seconds: float) -> bool:
@@ -658,11 +676,11 @@ def _stop_pid(pid: int) -> None:
             time.sleep(0.1)
         return False
 
-    for wait, sig in ((5, signal.SIGINT), (30, signal.SIGKILL)):
-        if gone_within(wait):
-            return
+    def send(sig: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
+
+    _stop(gone_within, send)
 
 
 def summary_entries(outcomes: list[StageOutcome]) -> list[dict[str, Any]]:
