@@ -102,29 +102,33 @@ class DPOStage(TrainerStage):
 
     @model_validator(mode="after")
     def _consistent(self) -> DPOStage:
-        if not self.loss_type:
-            raise ValueError("loss_type: give at least one loss, e.g. [sigmoid]")
-        if len(set(self.loss_type)) != len(self.loss_type):
-            raise ValueError(f"loss_type: {self.loss_type} names a loss twice; weight it with loss_weights")
-        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
-            raise ValueError(
-                f"loss_weights: {len(self.loss_weights)} weights for {len(self.loss_type)} losses "
-                f"({', '.join(self.loss_type)}); give one weight per loss"
-            )
-        if self.label_smoothing > 0:
-            if not {"sigmoid", "robust"} & set(self.loss_type):
-                raise ValueError(
-                    "label_smoothing is read by sigmoid (cDPO) and robust (rDPO) only; "
-                    f"loss_type {self.loss_type} has neither"
-                )
-            if {"sigmoid", "robust"} <= set(self.loss_type):
-                raise ValueError(
-                    "label_smoothing would mean cDPO for sigmoid and rDPO for robust at once; use one of them"
-                )
+        check_losses(self.loss_type, self.loss_weights, self.label_smoothing)
         for key, stage_key in STAGE_KEYS.items():
             if key in self.trainer:
                 raise ValueError(f"trainer.{key}: set {stage_key} on the stage itself, not in trainer")
         return self
+
+
+def check_losses(loss_type: list[str], loss_weights: list[float] | None, label_smoothing: float) -> None:
+    """ValueError unless the loss settings go together (the dpo stage's and a multitask dpo task's)."""
+    if not loss_type:
+        raise ValueError("loss_type: give at least one loss, e.g. [sigmoid]")
+    if len(set(loss_type)) != len(loss_type):
+        raise ValueError(f"loss_type: {loss_type} names a loss twice; weight it with loss_weights")
+    if loss_weights is not None and len(loss_weights) != len(loss_type):
+        raise ValueError(
+            f"loss_weights: {len(loss_weights)} weights for {len(loss_type)} losses "
+            f"({', '.join(loss_type)}); give one weight per loss"
+        )
+    if label_smoothing > 0:
+        if not {"sigmoid", "robust"} & set(loss_type):
+            raise ValueError(
+                f"label_smoothing is read by sigmoid (cDPO) and robust (rDPO) only; loss_type {loss_type} has neither"
+            )
+        if {"sigmoid", "robust"} <= set(loss_type):
+            raise ValueError(
+                "label_smoothing would mean cDPO for sigmoid and rDPO for robust at once; use one of them"
+            )
 
 
 def trl_losses(
