@@ -1,4 +1,4 @@
-"""Wrapper overhead: rlft's SFT, reward and DPO stages against plain TRL scripts doing the same training.
+"""Wrapper overhead: rlft's SFT, reward, DPO and GRPO stages against plain TRL scripts doing the same training.
 
     python benchmarks/run.py --only wrapper [--quick]
 
@@ -35,6 +35,13 @@ KINDS = {
         "data": "prefs_train.jsonl",
         "extra": {"beta": 0.1, "max_length": 64, "precompute_reference": True},
     },
+    # GRPO: prompts of the preference file, the quickstart's verifier as the reward (a plain function that
+    # TRL takes as it is), 8 completions of at most 16 tokens per prompt, 2 prompts per step
+    "grpo": {
+        "data": "prefs_train.jsonl",
+        "extra": {"reward": {"function": "reward_models.tasks:uppercase_copy"}, "evaluate": False},
+        "trainer": {"num_generations": 8, "max_completion_length": 16, "learning_rate": 1.0e-5},
+    },
 }
 
 
@@ -57,7 +64,8 @@ def pipeline_yaml(kind: str, model: Path, steps: int) -> str:
             "per_device_train_batch_size": 16,
             "logging_steps": 10,
             "save_steps": 10 * steps,  # no checkpoint inside the timed loop, on either side
-            **({"max_length": 64} if kind != "dpo" else {}),
+            **({"max_length": 64} if kind in ("sft", "reward") else {}),
+            **KINDS[kind].get("trainer", {}),
         },
         **KINDS[kind]["extra"],
     }

@@ -18,7 +18,6 @@ in-process instead, and rank 0 alone does the file work (rlft/launched.py).
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import logging
 import os
@@ -26,7 +25,6 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +49,7 @@ from rlft.launch_rules import check_launch_rules
 from rlft.launched import World
 from rlft.log import ensure_logging
 from rlft.pipeline_file import PipelineSpec
+from rlft.processes import stop_child, stop_pid
 from rlft.resources import find_launch_config, resolved_launch_config
 from rlft.runlock import hold_run_folder
 from rlft.stages.base import StageBase
@@ -609,40 +608,8 @@ def _stream(command: list[str], log_path: Path) -> int:
         _copy_output(proc.stdout.fileno(), log_path)
         return proc.wait()
     except KeyboardInterrupt:
-        _stop_child(proc)
+        stop_child(proc)
         raise
-
-
-_STOP_WAITS = (5.0, 30.0)  # seconds a stage process gets to stop on its own, then after SIGINT
-
-
-def _stop(gone_within: Callable[[float], bool], send: Callable[[int], None]) -> None:
-    """After Ctrl-C: let a stage process stop on its own (a terminal's Ctrl-C reaches it too), tell it
-    (SIGINT) when the interrupt was ours alone, and kill it when it does not stop.
-
-    gone_within(seconds) waits up to that long and says whether the process has ended; send(signal)
-    signals it. Callers give these for their own kind of process (a child, or a forked pid).
-    """
-    import signal
-
-    for wait, sig in zip(_STOP_WAITS, (signal.SIGINT, signal.SIGKILL), strict=True):
-        if gone_within(wait):
-            return
-        send(sig)
-
-
-def _stop_child(proc: subprocess.Popen) -> None:
-    """`_stop` for our own child process (then reaped)."""
-
-    def gone_within(seconds: float) -> bool:
-        try:
-            proc.wait(timeout=seconds)
-            return True
-        except subprocess.TimeoutExpired:
-            return False
-
-    _stop(gone_within, proc.send_signal)
-    proc.wait()
 
 
 def _stream_forked(server: stage_server.StageServer, work: Path) -> int:
@@ -656,31 +623,10 @@ def _stream_forked(server: stage_server.StageServer, work: Path) -> int:
         _copy_output(read_end, work / "stage.log")
         return server.wait()
     except KeyboardInterrupt:
-        _stop_pid(pid)
+        stop_pid(pid)
         raise
     finally:
         os.close(read_end)
-
-
-def _stop_pid(pid: int) -> None:
-    """`_stop` for a forked stage process: not our child (the stage server's), so polled by pid."""
-    import time
-
-    def gone_within(seconds: float) -> bool:
-        deadline = time.time() + seconds
-        while time.time() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return True
-            time.sleep(0.1)
-        return False
-
-    def send(sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-
-    _stop(gone_within, send)
 
 
 def summary_entries(outcomes: list[StageOutcome]) -> list[dict[str, Any]]:

@@ -338,9 +338,9 @@ def test_stop_after_ctrl_c_sends_sigint_then_kills(monkeypatch, how):
     import sys
     import time
 
-    from rlft import pipeline
+    from rlft import processes
 
-    monkeypatch.setattr(pipeline, "_STOP_WAITS", (0.3, 1.0))
+    monkeypatch.setattr(processes, "STOP_WAITS", (0.3, 1.0))
     handles = "import signal, sys, time; signal.signal(signal.SIGINT, lambda *a: sys.exit(7)); print('up', flush=True); time.sleep(60)"
     ignores = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
     for code, expected in ((handles, 7), (ignores, -9)):
@@ -348,9 +348,9 @@ def test_stop_after_ctrl_c_sends_sigint_then_kills(monkeypatch, how):
         assert proc.stdout.readline().strip() == "up"  # the handler is in place
         started = time.monotonic()
         if how == "child":
-            pipeline._stop_child(proc)
+            processes.stop_child(proc)
         else:
-            pipeline._stop_pid(proc.pid)  # polls the pid: reap it from here, as the stage server would
+            processes.stop_pid(proc.pid)  # polls the pid: reap it from here, as the stage server would
             proc.wait(timeout=5)
         assert proc.returncode == expected
         assert time.monotonic() - started < 5
