@@ -93,6 +93,165 @@ def summarise(run_dir: Path, entry: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# profiler op name -> where its time goes (the first matching fragment wins; the rest is "other")
+CATEGORIES = (
+    ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")),
+    ("attention", ("scaled_dot_product", "flash_attention")),
+    ("optimizer", ("adam", "_foreach", "clip_grad", "aten::norm", "linalg_vector_norm")),
+    ("softmax over the vocabulary", ("logsumexp", "softmax", "gather")),
+    (
+        "elementwise and norms",
+        (
+            "aten::mul",
+            "aten::add",
+            "aten::sub",
+            "aten::div",
+            "silu",
+            "rsqrt",
+            "aten::pow",
+            "aten::mean",
+            "aten::neg",
+            "aten::exp",
+            "aten::where",
+            "aten::cat",
+            "aten::sum",
+            "aten::clamp",
+            "aten::maximum",
+            "aten::copy_",
+            "aten::to",
+            "aten::fill_",
+            "aten::zero_",
+            "aten::cos",
+            "aten::sin",
+            "embedding",
+            "threshold",
+            "sigmoid",
+        ),
+    ),
+)
+
+
+def profile_update(run_dir: Path, design: str) -> dict[str, Any]:
+    """Where the optimisation phase's time goes: one PPO update (4 epochs x 4 minibatches of 16) of the
+    SFT policy and the design's critic on real rollouts (the quickstart's prompts, sampled by the policy),
+    under torch.profiler; self time of each op, by category, and the FLOP/s inside the matmuls."""
+    import torch
+    from accelerate import Accelerator
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    from rlft.resources import find_pipeline_file
+    from rlft.rl.critic import ActorCritic, SharedActorCritic, shared_value_head, value_model_from
+    from rlft.rl.perf import head_cost, measure_matmul_flops, model_cost, ppo_step_flops
+    from rlft.rl.rollout import encode_prompts, experience_from_rollout, left_pad, sample_responses
+    from rlft.rl.update import make_optimizer, ppo_update
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "sft")
+    policy = AutoModelForCausalLM.from_pretrained(run_dir / "sft")
+    if design == "shared":
+        model = SharedActorCritic(policy, shared_value_head(policy))
+        critic_cost = head_cost(model.critic)
+    else:
+        rm = AutoModelForSequenceClassification.from_pretrained(run_dir / "reward", num_labels=1)
+        model = ActorCritic(policy, value_model_from(rm)[0])
+        critic_cost = model_cost(model.critic)
+    data = Path(find_pipeline_file("quickstart")).parent / "data" / "quickstart" / "prefs_train.jsonl"
+    prompts = [json.loads(line)["prompt"] for line in data.read_text().splitlines()[:64]]
+    ids, mask = left_pad(encode_prompts(tokenizer, prompts), tokenizer.pad_token_id)
+    model.eval()
+    rollout = sample_responses(
+        policy,
+        ids,
+        mask,
+        max_new_tokens=24,
+        temperature=0.7,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    scores = torch.rand(len(prompts))
+    exp = experience_from_rollout(
+        model,
+        policy,
+        rollout,
+        scores,
+        temperature=0.7,
+        forward_batch_size=16,
+        reference_disable_adapter=False,
+        beta=0.05,
+        gamma=1.0,
+        lam=0.95,
+        kl_kind="k1",
+        whiten_rewards=False,
+        missing_eos_penalty=None,
+    )
+    accelerator = Accelerator(cpu=True)
+    optimizer, _ = make_optimizer(
+        model.policy,
+        model.critic,
+        lr=1e-5,
+        critic_lr=1e-5,
+        adam_eps=1e-5,
+        schedule="constant",
+        total_updates=16,
+    )
+    settings = dict(
+        accelerator=accelerator,
+        ppo_epochs=4,
+        minibatch_size=16,
+        gradient_accumulation_steps=1,
+        temperature=0.7,
+        clip=0.2,
+        vf_clip=0.2,
+        vf_coef=0.1,
+        entropy_coef=0.0,
+        max_grad_norm=1.0,
+    )
+    ppo_update(model, optimizer, exp, generator=torch.Generator().manual_seed(0), **settings)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        ppo_update(model, optimizer, exp, generator=torch.Generator().manual_seed(1), **settings)
+        seconds = time.perf_counter() - start
+    flops = ppo_step_flops(
+        policy=model_cost(policy),
+        critic=critic_cost,
+        reference=model_cost(policy),
+        rows=len(prompts),
+        prompt_tokens=ids.shape[1],
+        response_tokens=rollout.response_mask.shape[1],
+        ppo_epochs=4,
+    )["train"]
+    by_category: dict[str, float] = {}
+    for event in prof.key_averages():
+        name = event.key.lower()
+        category = next((c for c, parts in CATEGORIES if any(p in name for p in parts)), "other")
+        by_category[category] = by_category.get(category, 0.0) + event.self_cpu_time_total / 1e6
+    total = sum(by_category.values())
+    rate = measure_matmul_flops(torch.float32, "cpu")
+    # attention runs inside its fused kernel, not in the matmuls: its FLOPs (4 epochs, forward + backward = 3x
+    # 4 L d T^2 per row; the separate critic has its own) are left out of the matmuls' rate
+    attention = 12 * model_cost(policy).layers * model_cost(policy).attention_width
+    seq = ids.shape[1] + rollout.response_mask.shape[1]
+    attention_flops = 4 * len(prompts) * attention * seq * seq * (1 if design == "shared" else 2)
+    return {
+        "design": design,
+        "rows": len(prompts),
+        "prompt_tokens": ids.shape[1],
+        "response_tokens": rollout.response_mask.shape[1],
+        "seconds": seconds,
+        "flops": flops,
+        "matmul_rate": rate,
+        "mfu": flops / seconds / rate,
+        "profiled_seconds_by_category": {k: v for k, v in sorted(by_category.items(), key=lambda kv: -kv[1])},
+        "share_by_category": {k: v / total for k, v in sorted(by_category.items(), key=lambda kv: -kv[1])},
+        "matmul_flops_per_second": (flops - attention_flops) / by_category.get("matmul", float("nan")),
+        "top_ops": [
+            (e.key, round(e.self_cpu_time_total / 1e6, 4), e.count)
+            for e in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:12]
+        ],
+    }
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """The markdown tables: the designs side by side, then the FLOPs and seconds of each phase."""
     out = [
@@ -124,6 +283,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="PPO updates per run (default 20, or 10 with --quick)")
     parser.add_argument("--json", type=Path, help="write the rows, the tables and the machine here")
     parser.add_argument("--run-dir", type=Path, help="keep the run here (default: a temporary folder)")
+    parser.add_argument("--no-profile", action="store_true", help="skip the profiled update of each critic")
     args = parser.parse_args()
     steps = args.steps or (10 if args.quick else 20)
     os.environ.setdefault("WANDB_MODE", "disabled")
@@ -141,8 +301,17 @@ def main() -> None:
         entries = Pipeline.from_dict(config, base_dir=base_dir).run(run_dir=run_dir)
         wall = time.perf_counter() - start
         rows = [summarise(run_dir, e) for e in entries if e["stage"].startswith("ppo_")]
+        profiles = [] if args.no_profile else [profile_update(run_dir, d) for d in ("separate", "shared")]
     text = table(rows)
     print(text)
+    for p in profiles:
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in p["share_by_category"].items())
+        print(
+            f"\nprofiled update, {p['design']} critic ({p['rows']} rollouts, P {p['prompt_tokens']} + A "
+            f"{p['response_tokens']}): {p['seconds']:.2f} s, {p['flops'] / 1e9:.1f} GFLOP, {p['mfu']:.0%} of "
+            f"{p['matmul_rate'] / 1e9:.0f} GFLOP/s; time: {shares}; inside the matmuls "
+            f"{p['matmul_flops_per_second'] / 1e9:.0f} GFLOP/s"
+        )
     print(
         f"\n{wall:.0f} s in all; load average before {before['load_average']}, after {machine()['load_average']}"
     )
@@ -154,6 +323,7 @@ def main() -> None:
             "updates_per_run": steps,
             "wall_seconds": wall,
             "rows": rows,
+            "profiles": profiles,
             "table": text,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ them a padded row would see other positions in training than at generation.
 
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 from typing import Any
@@ -169,9 +170,13 @@ class ActorCritic(nn.Module):
         """The policy's config (DeepSpeed reads hidden_size from it for its "auto" bucket sizes)."""
         return self.policy.config
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, logits_to_keep: int = 0
+    ) -> tuple[Tensor, Tensor]:
         position_ids = position_ids_from_mask(attention_mask)  # (B, T)
-        logits = policy_logits(self.policy, input_ids, attention_mask, position_ids)
+        logits = policy_logits(
+            self.policy, input_ids, attention_mask, position_ids, logits_to_keep=logits_to_keep
+        )
         values = self.critic(input_ids, attention_mask, position_ids)  # (B, T)
         return logits, values
 
@@ -199,7 +204,9 @@ class SharedActorCritic(nn.Module):
     def config(self) -> Any:
         return self.policy.config
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, logits_to_keep: int = 0
+    ) -> tuple[Tensor, Tensor]:
         position_ids = position_ids_from_mask(attention_mask)  # (B, T)
         out = self.policy(
             input_ids=input_ids,
@@ -207,6 +214,7 @@ class SharedActorCritic(nn.Module):
             position_ids=position_ids,
             use_cache=False,
             output_hidden_states=True,
+            **_keep(self.policy, logits_to_keep),
         )
         hidden = out.hidden_states[-1][:, -input_ids.shape[1] :]  # (B, T, H): after any virtual tokens
         values = self.critic(hidden.to(self.critic.weight.dtype)).squeeze(-1).float()  # (B, T)
@@ -221,16 +229,38 @@ def shared_value_head(policy: nn.Module) -> nn.Linear:
 
 
 def policy_logits(
-    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    position_ids: Tensor,
+    *,
+    logits_to_keep: int = 0,
 ) -> Tensor:
     """A causal LM's logits over a left-padded sequence: (B, T) -> (B, T', V).
 
     T' = T + P for a prompt-tuned policy (its P virtual tokens first; rlft.models.prompt_learning
-    places the real tokens after them whatever the padding), else T.
+    places the real tokens after them whatever the padding), else T. logits_to_keep = K > 0: the
+    logits of the last K positions only, (B, K, V), for a model whose forward takes
+    `logits_to_keep` (transformers' causal LMs); PPO needs the A + 1 positions that predict the
+    response, and skipping the prompt's saves the lm_head's matmul and the (B, P, V) softmax there.
+    A model without it gives all T' positions: read logits from the end either way.
     """
     return model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=False,
+        **_keep(model, logits_to_keep),
     ).logits
+
+
+def _keep(model: nn.Module, logits_to_keep: int) -> dict[str, int]:
+    """`{"logits_to_keep": K}` when K > 0 and the (peft-wrapped) model's own forward takes it, else {}."""
+    if logits_to_keep <= 0:
+        return {}
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    takes = "logits_to_keep" in inspect.signature(base.forward).parameters
+    return {"logits_to_keep": logits_to_keep} if takes else {}
 
 
 def disable_dropout(model: nn.Module) -> None:

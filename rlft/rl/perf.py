@@ -29,9 +29,9 @@ positions, T = P + A (the shapes of rlft.rl):
     sample    generate: one forward over the P prompt positions, then A - 1 forwards of one token
               with a growing KV cache (context P + k); logits of the last position only
     score     each reward model's forwards, counted from the batches it really ran (`ForwardCounter`)
-    forward   the no-grad passes: policy (logits at every position), critic (a separate model, or
-              only a value head on the policy's hidden states), reference (a copy, or the policy with
-              its adapters off)
+    forward   the no-grad passes: policy (logits of the A + 1 positions that predict the response:
+              `logits_to_keep`), critic (a separate model, or only a value head on the policy's hidden
+              states), reference (a copy, or the policy with its adapters off)
     train     ppo_epochs x (forward + backward) of policy and critic over the B rollouts
 
 The machine's rate (`measure_matmul_flops`) is timed on a square matmul in the policy's dtype: on a
@@ -261,20 +261,19 @@ def ppo_step_flops(
     its gradient joins the policy's one backward through the trunk). reference: its cost
     (`policy.without_adapters()` when it is the policy with its adapters disabled).
     rows, prompt_tokens, response_tokens: B, P and A of the rollout (every pass after sampling
-    runs over T = P + A positions). score_flops: what the reward models spent (`ForwardCounter`).
+    runs over T = P + A positions; the lm_head of policy and reference over the last A + 1 only). score_flops: what the reward models spent (`ForwardCounter`).
     """
     passes = {"rows": rows, "tokens": prompt_tokens + response_tokens}
-    policy_forward = forward_flops(policy, **passes)
+    lm = passes | {"head_tokens": response_tokens + 1}  # logits of the positions that predict the response
+    policy_forward = forward_flops(policy, **lm)
     critic_forward = forward_flops(critic, **passes)
-    train = (
-        policy_forward + backward_flops(policy, **passes) + critic_forward + backward_flops(critic, **passes)
-    )
+    train = policy_forward + backward_flops(policy, **lm) + critic_forward + backward_flops(critic, **passes)
     return {
         "sample": generation_flops(
             policy, rows=rows, prompt_tokens=prompt_tokens, new_tokens=response_tokens
         ),
         "score": score_flops,
-        "forward": policy_forward + critic_forward + forward_flops(reference, **passes),
+        "forward": policy_forward + critic_forward + forward_flops(reference, **lm),
         "train": ppo_epochs * train,
     }
 

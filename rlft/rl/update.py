@@ -72,7 +72,8 @@ def ppo_update(
         for minibatch in experience.minibatches(minibatch_size, generator=generator):
             for micro in minibatch.minibatches(micro_size, shuffle=False):
                 with accelerator.accumulate(model):
-                    logits, values = model(micro.sequences, micro.attention_mask)  # (b, T', V), (b, T)
+                    # (b, A + 1, V): only the positions that predict the response (the prompt's are never read)
+                    logits, values = model(micro.sequences, micro.attention_mask, logits_to_keep=a + 1)
                     logits = logits[
                         :, -a - 1 : -1
                     ]  # (b, A, V): the logits that predicted each response token

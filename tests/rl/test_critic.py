@@ -134,3 +134,34 @@ def test_lora_critic_trains_only_its_adapters_and_head_and_starts_as_it_was(tiny
         torch.testing.assert_close(
             lora(ids, torch.ones_like(ids)), before
         )  # B = 0: the same critic at the start
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["separate", "shared"])
+def test_logits_to_keep_gives_the_last_positions_only(tiny_model, shared):
+    """PPO reads the A + 1 last positions' logits: asking for those alone gives the same numbers and the
+    same values, for a plain and a peft-wrapped (LoRA) policy."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from rlft.rl.critic import policy_logits
+
+    for wrap in (False, True):
+        policy = AutoModelForCausalLM.from_pretrained(tiny_model)
+        if wrap:
+            policy = get_peft_model(policy, LoraConfig(r=2, target_modules="all-linear"))
+        if shared:
+            model = SharedActorCritic(policy, shared_value_head(policy)).eval()
+        else:
+            model = ActorCritic(
+                policy, value_model_from(AutoModelForCausalLM.from_pretrained(tiny_model))[0]
+            ).eval()
+        ids = torch.tensor([[0, 0, 5, 6, 7, 8], [4, 5, 6, 7, 8, 9]])
+        mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+        with torch.no_grad():
+            logits, values = model(ids, mask)
+            kept, kept_values = model(ids, mask, logits_to_keep=3)
+            alone = policy_logits(policy, ids, mask, position_ids_from_mask(mask), logits_to_keep=3)
+        assert kept.shape == (2, 3, logits.shape[-1])
+        torch.testing.assert_close(kept, logits[:, -3:])
+        torch.testing.assert_close(alone, logits[:, -3:])
+        torch.testing.assert_close(kept_values, values)

@@ -145,7 +145,8 @@ def test_ppo_step_by_phase_for_each_critic_design(tiny_model):
     b, p, a, epochs = 4, 6, 3, 2
     t = p + a
     attention = 4 * n["layers"] * n["width"] * t * t
-    lm = b * (2 * (n["body"] + n["head"]) * t + attention)  # one forward of the policy (or reference)
+    # one forward of the policy (or the reference): the lm_head at the A + 1 positions that predict the response
+    lm = b * (2 * n["body"] * t + 2 * n["head"] * (a + 1) + attention)
     value_model = b * (2 * (n["body"] + n["width"]) * t + attention)  # the critic: body + a 1 x H head
     policy = model_cost(model)
     separate = model_cost(value_model_from(load(tiny_model))[0])

@@ -342,12 +342,21 @@ def test_critic_init_reward_needs_a_reward_model(tmp_path, tiny_model):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launch", ["cpu_2proc", "cpu_2proc_zero3"])
-def test_two_cpu_processes_train_one_policy(tmp_path, launch, monkeypatch):
+@pytest.mark.parametrize(
+    ("launch", "design"),
+    [
+        ("cpu_2proc", "separate"),
+        ("cpu_2proc_zero3", "separate"),
+        ("cpu_2proc", "shared"),
+        ("cpu_2proc_zero3", "shared"),
+    ],
+)
+def test_two_cpu_processes_train_one_policy(tmp_path, launch, design, monkeypatch):
     """launch/cpu_2proc.yaml: two real processes (world size asserted: the `--cpu` trap starts one), each
     rolling out its own prompts; the loss averaged over them is the same on both ranks from the first
     step, and the policy's weights stay identical (gradients are all-reduced). Under ZeRO-3 (weights
-    sharded, gathered once per rollout) the same, and the artifact holds the whole weights."""
+    sharded, gathered once per rollout) the same, and the artifact holds the whole weights. A shared
+    critic (the value head inside the one wrapped module) likewise."""
     from safetensors import safe_open
 
     from rlft.pipeline import run_pipeline
@@ -374,6 +383,7 @@ stages:
     max_new_tokens: 4
     learning_rate: 1.0e-3
     save_steps: 1
+    critic_design: {design}
 """
     )
     run_dir = tmp_path / "run"
