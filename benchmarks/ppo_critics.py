@@ -252,6 +252,55 @@ def profile_update(run_dir: Path, design: str) -> dict[str, Any]:
     }
 
 
+def counted_smollm2(*, prompt_tokens: int = 40, response_tokens: int = 40) -> dict[str, dict[str, float]]:
+    """TFLOPs of the update issue 15 timed on SmolLM2-135M (counted, not run: the models are built on
+    the meta device): a LoRA policy (r 16, all linear maps), 16 rollouts of P prompt + A response
+    positions, 4 epochs; the reference is the policy with its adapters off; per critic design."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rlft.rl.critic import fresh_value_head, lora_critic, value_model_from
+    from rlft.rl.perf import head_cost, model_cost, ppo_step_flops
+
+    config = LlamaConfig(  # SmolLM2-135M's shape
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        tie_word_embeddings=True,
+    )
+    with torch.device("meta"):
+        policy = get_peft_model(
+            LlamaForCausalLM(config), LoraConfig(r=16, lora_alpha=32, target_modules="all-linear")
+        )
+        critics = {
+            "separate": model_cost(value_model_from(LlamaForCausalLM(config))[0]),
+            "shared": head_cost(fresh_value_head(config.hidden_size)),
+            "lora": model_cost(
+                lora_critic(
+                    value_model_from(LlamaForCausalLM(config))[0], r=16, alpha=32, target_modules="all-linear"
+                )
+            ),
+        }
+    cost = model_cost(policy)
+    out = {}
+    for design, critic in critics.items():
+        flops = ppo_step_flops(
+            policy=cost,
+            critic=critic,
+            reference=cost.without_adapters(),
+            rows=16,
+            prompt_tokens=prompt_tokens,
+            response_tokens=response_tokens,
+            ppo_epochs=4,
+        )
+        out[design] = {**{p: v / 1e12 for p, v in flops.items()}, "total": sum(flops.values()) / 1e12}
+    return out
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """The markdown tables: the designs side by side, then the FLOPs and seconds of each phase."""
     out = [
@@ -302,7 +351,12 @@ def main() -> None:
         wall = time.perf_counter() - start
         rows = [summarise(run_dir, e) for e in entries if e["stage"].startswith("ppo_")]
         profiles = [] if args.no_profile else [profile_update(run_dir, d) for d in ("separate", "shared")]
+    smollm2 = counted_smollm2()
     text = table(rows)
+    text += "\n\nSmolLM2-135M, LoRA policy, 16 rollouts of 40 + 40 positions, 4 epochs (TFLOP, counted):\n"
+    text += "| critic | " + " | ".join(PHASES) + " | total |\n| --- |" + " --- |" * (len(PHASES) + 1) + "\n"
+    for design, tflops in smollm2.items():
+        text += f"| {design} | " + " | ".join(f"{tflops[p]:.3f}" for p in (*PHASES, "total")) + " |\n"
     print(text)
     for p in profiles:
         shares = ", ".join(f"{k} {v:.0%}" for k, v in p["share_by_category"].items())
@@ -324,6 +378,7 @@ def main() -> None:
             "wall_seconds": wall,
             "rows": rows,
             "profiles": profiles,
+            "smollm2_counted_tflops": smollm2,
             "table": text,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
