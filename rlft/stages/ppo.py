@@ -109,8 +109,8 @@ class PPOStage(StageBase):
     )
     tuning: TuningConfig = Field(
         default_factory=FullTuning,
-        description="which policy parameters train (the critic: all): method full, freeze, lora, dora, adapter, "
-        "prompt_tuning or prefix_tuning",
+        description="which policy parameters train (the critic's: critic_design): method full, freeze, lora, dora, "
+        "adapter, prompt_tuning or prefix_tuning",
     )
 
     # length of the run: give one
@@ -152,7 +152,10 @@ class PPOStage(StageBase):
     )
     learning_rate: float = Field(3e-6, gt=0, description="policy learning rate")
     critic_learning_rate: float | None = Field(
-        None, gt=0, description="critic learning rate; None: learning_rate"
+        None,
+        gt=0,
+        description="critic learning rate (critic_design shared: the value head's; the trunk trains at "
+        "learning_rate); None: learning_rate",
     )
     lr_schedule: Literal["linear", "constant"] = Field(
         "linear", description="linear: decays to 0 over the run (Huang et al.); constant: no decay"
