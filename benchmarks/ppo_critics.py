@@ -17,6 +17,13 @@ same seed and makes the same number of updates. For each run:
 - the optimisation phase's FLOP/s as a share of the matmul rate timed at the stage's start-up
   (`perf/mfu/train`), and the whole update's (`perf/mfu`).
 
+Then, where the optimisation phase's time goes (skip with --no-profile): one update under
+torch.profiler, its self time by category (matmuls, fused attention, elementwise ops and norms, the
+softmax over the vocabulary, the optimizer and gradient clipping, the rest) and the FLOP/s inside
+the matmuls; on the quickstart's model (real rollouts) and at SmolLM2-135M's width (2 of its 30
+layers, random weights, a LoRA policy, 16 rollouts of 40 + 40 tokens). Last, the FLOPs of issue 15's
+SmolLM2-135M update by critic design, counted (the models are built on the meta device, not run).
+
 Nothing is asserted; the table is printed (and, with --json, written with the machine's load).
 """
 
@@ -131,20 +138,108 @@ CATEGORIES = (
 )
 
 
-def profile_update(run_dir: Path, design: str) -> dict[str, Any]:
-    """Where the optimisation phase's time goes: one PPO update (4 epochs x 4 minibatches of 16) of the
-    SFT policy and the design's critic on real rollouts (the quickstart's prompts, sampled by the policy),
-    under torch.profiler; self time of each op, by category, and the FLOP/s inside the matmuls."""
+def seconds_by_category(prof: Any) -> dict[str, float]:
+    """Self time of every profiled op, by category: an op run inside the optimizer's step or the gradient
+    clipping counts as "optimizer" whatever its name (AdamW's per-tensor mul/add/sqrt on a CPU)."""
+    by_category: dict[str, float] = {}
+    for event in prof.events():
+        ancestor, inside = event.cpu_parent, False
+        while ancestor is not None and not inside:
+            inside = ancestor.name.startswith("Optimizer.") or "clip_grad" in ancestor.name
+            ancestor = ancestor.cpu_parent
+        name = event.name.lower()
+        category = (
+            "optimizer"
+            if inside
+            else next((c for c, parts in CATEGORIES if any(p in name for p in parts)), "other")
+        )
+        by_category[category] = by_category.get(category, 0.0) + event.self_cpu_time_total / 1e6
+    return by_category
+
+
+def profiled_update(
+    model: Any, exp: Any, *, minibatch_size: int, ppo_epochs: int, critic_cost: Any
+) -> dict[str, Any]:
+    """One PPO update of `model` on `exp`, after one to warm up: timed alone, then again under
+    torch.profiler; its FLOPs (rlft.rl.perf), their share of the timed matmul rate, the profiled self
+    time by category and the FLOP/s inside the matmuls (attention runs in its own fused kernel)."""
     import torch
     from accelerate import Accelerator
     from torch.profiler import ProfilerActivity, profile
+
+    from rlft.rl.perf import measure_matmul_flops, model_cost, ppo_step_flops
+    from rlft.rl.update import make_optimizer, ppo_update
+
+    optimizer, _ = make_optimizer(
+        model.policy,
+        model.critic,
+        lr=1e-5,
+        critic_lr=1e-5,
+        adam_eps=1e-5,
+        schedule="constant",
+        total_updates=100,
+    )
+    settings = {
+        "accelerator": Accelerator(cpu=True),
+        "ppo_epochs": ppo_epochs,
+        "minibatch_size": minibatch_size,
+        "gradient_accumulation_steps": 1,
+        "temperature": 0.7,
+        "clip": 0.2,
+        "vf_clip": 0.2,
+        "vf_coef": 0.1,
+        "entropy_coef": 0.0,
+        "max_grad_norm": 1.0,
+    }
+    ppo_update(model, optimizer, exp, generator=torch.Generator().manual_seed(0), **settings)  # warm-up
+    start = time.perf_counter()
+    ppo_update(model, optimizer, exp, generator=torch.Generator().manual_seed(1), **settings)
+    seconds = time.perf_counter() - start
+    rate = measure_matmul_flops(torch.float32, "cpu")
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        ppo_update(model, optimizer, exp, generator=torch.Generator().manual_seed(2), **settings)
+    rows, width = exp.sequences.shape
+    response = exp.response_mask.shape[1]
+    policy = model_cost(model.policy)
+    flops = ppo_step_flops(
+        policy=policy,
+        critic=critic_cost,
+        reference=policy,
+        rows=rows,
+        prompt_tokens=width - response,
+        response_tokens=response,
+        ppo_epochs=ppo_epochs,
+    )["train"]
+    # attention's FLOPs (forward + backward = 3 x 4 L d T^2 per row and epoch, each trunk) are not the matmuls'
+    trunks = [policy] + ([critic_cost] if critic_cost.layers else [])
+    attention = sum(3 * 4 * c.layers * c.attention_width * width * width * rows * ppo_epochs for c in trunks)
+    by_category = seconds_by_category(prof)
+    total = sum(by_category.values())
+    order = sorted(by_category, key=lambda k: -by_category[k])
+    return {
+        "rows": rows,
+        "prompt_tokens": width - response,
+        "response_tokens": response,
+        "ppo_epochs": ppo_epochs,
+        "seconds": seconds,
+        "flops": flops,
+        "matmul_rate": rate,
+        "mfu": flops / seconds / rate,
+        "share_by_category": {k: by_category[k] / total for k in order},
+        "matmul_flops_per_second": (flops - attention) / by_category.get("matmul", float("nan")),
+    }
+
+
+def profile_quickstart(run_dir: Path, design: str) -> dict[str, Any]:
+    """The optimisation phase of a quickstart update (4 epochs x 4 minibatches of 16): the SFT policy and the
+    design's critic (the reward model's, or a head on the policy) on real rollouts of the quickstart's prompts."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     from rlft.resources import find_pipeline_file
     from rlft.rl.critic import ActorCritic, SharedActorCritic, shared_value_head, value_model_from
-    from rlft.rl.perf import head_cost, measure_matmul_flops, model_cost, ppo_step_flops
+    from rlft.rl.perf import head_cost, model_cost
     from rlft.rl.rollout import encode_prompts, experience_from_rollout, left_pad, sample_responses
-    from rlft.rl.update import make_optimizer, ppo_update
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "sft")
@@ -169,12 +264,11 @@ def profile_update(run_dir: Path, design: str) -> dict[str, Any]:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    scores = torch.rand(len(prompts))
     exp = experience_from_rollout(
         model,
         policy,
         rollout,
-        scores,
+        torch.rand(len(prompts)),
         temperature=0.7,
         forward_batch_size=16,
         reference_disable_adapter=False,
@@ -185,71 +279,62 @@ def profile_update(run_dir: Path, design: str) -> dict[str, Any]:
         whiten_rewards=False,
         missing_eos_penalty=None,
     )
-    accelerator = Accelerator(cpu=True)
-    optimizer, _ = make_optimizer(
-        model.policy,
-        model.critic,
-        lr=1e-5,
-        critic_lr=1e-5,
-        adam_eps=1e-5,
-        schedule="constant",
-        total_updates=16,
+    return {"model": "quickstart", "policy": "full", "design": design} | profiled_update(
+        model, exp, minibatch_size=16, ppo_epochs=4, critic_cost=critic_cost
     )
-    settings = dict(
-        accelerator=accelerator,
-        ppo_epochs=4,
-        minibatch_size=16,
-        gradient_accumulation_steps=1,
-        temperature=0.7,
-        clip=0.2,
-        vf_clip=0.2,
-        vf_coef=0.1,
-        entropy_coef=0.0,
-        max_grad_norm=1.0,
+
+
+def profile_smollm2_width(design: str, *, layers: int = 2) -> dict[str, Any]:
+    """The optimisation phase at SmolLM2-135M's width (H 576, I 1536, V 49152; `layers` of its 30, random
+    weights): a LoRA policy (r 16) and the design's critic, 16 rollouts of 40 + 40 tokens, 1 epoch of 2
+    minibatches (the issue's update has 4 epochs: the same work 4 times)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rlft.rl.critic import ActorCritic, SharedActorCritic, shared_value_head, value_model_from
+    from rlft.rl.experience import make_experience
+    from rlft.rl.perf import head_cost, model_cost
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=layers,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        tie_word_embeddings=True,
     )
-    ppo_update(model, optimizer, exp, generator=torch.Generator().manual_seed(0), **settings)  # warm-up
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        start = time.perf_counter()
-        ppo_update(model, optimizer, exp, generator=torch.Generator().manual_seed(1), **settings)
-        seconds = time.perf_counter() - start
-    flops = ppo_step_flops(
-        policy=model_cost(policy),
-        critic=critic_cost,
-        reference=model_cost(policy),
-        rows=len(prompts),
-        prompt_tokens=ids.shape[1],
-        response_tokens=rollout.response_mask.shape[1],
-        ppo_epochs=4,
-    )["train"]
-    by_category: dict[str, float] = {}
-    for event in prof.key_averages():
-        name = event.key.lower()
-        category = next((c for c, parts in CATEGORIES if any(p in name for p in parts)), "other")
-        by_category[category] = by_category.get(category, 0.0) + event.self_cpu_time_total / 1e6
-    total = sum(by_category.values())
-    rate = measure_matmul_flops(torch.float32, "cpu")
-    # attention runs inside its fused kernel, not in the matmuls: its FLOPs (4 epochs, forward + backward = 3x
-    # 4 L d T^2 per row; the separate critic has its own) are left out of the matmuls' rate
-    attention = 12 * model_cost(policy).layers * model_cost(policy).attention_width
-    seq = ids.shape[1] + rollout.response_mask.shape[1]
-    attention_flops = 4 * len(prompts) * attention * seq * seq * (1 if design == "shared" else 2)
-    return {
-        "design": design,
-        "rows": len(prompts),
-        "prompt_tokens": ids.shape[1],
-        "response_tokens": rollout.response_mask.shape[1],
-        "seconds": seconds,
-        "flops": flops,
-        "matmul_rate": rate,
-        "mfu": flops / seconds / rate,
-        "profiled_seconds_by_category": {k: v for k, v in sorted(by_category.items(), key=lambda kv: -kv[1])},
-        "share_by_category": {k: v / total for k, v in sorted(by_category.items(), key=lambda kv: -kv[1])},
-        "matmul_flops_per_second": (flops - attention_flops) / by_category.get("matmul", float("nan")),
-        "top_ops": [
-            (e.key, round(e.self_cpu_time_total / 1e6, 4), e.count)
-            for e in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:12]
-        ],
-    }
+    lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", lora_dropout=0.0)
+    policy = get_peft_model(LlamaForCausalLM(config), lora)
+    if design == "shared":
+        model = SharedActorCritic(policy, shared_value_head(policy))
+        critic_cost = head_cost(model.critic)
+    else:
+        model = ActorCritic(policy, value_model_from(LlamaForCausalLM(config))[0])
+        critic_cost = model_cost(model.critic)
+    rows, prompt, response = 16, 40, 40
+    zeros = torch.zeros(rows, response)
+    exp = make_experience(
+        sequences=torch.randint(0, config.vocab_size, (rows, prompt + response)),
+        attention_mask=torch.ones(rows, prompt + response, dtype=torch.long),
+        response_mask=torch.ones(rows, response, dtype=torch.bool),
+        old_logprobs=zeros - 10,
+        ref_logprobs=zeros - 10,
+        values=zeros,
+        scores=torch.rand(rows),
+        ended_with_eos=torch.ones(rows, dtype=torch.bool),
+        beta=0.05,
+        gamma=1.0,
+        lam=0.95,
+        kl_kind="k1",
+        whiten_rewards=False,
+        whiten_advantages=True,
+    )
+    return {"model": f"SmolLM2 width, {layers} layers", "policy": "lora", "design": design} | profiled_update(
+        model, exp, minibatch_size=8, ppo_epochs=1, critic_cost=critic_cost
+    )
 
 
 def counted_smollm2(*, prompt_tokens: int = 40, response_tokens: int = 40) -> dict[str, dict[str, float]]:
@@ -350,7 +435,9 @@ def main() -> None:
         entries = Pipeline.from_dict(config, base_dir=base_dir).run(run_dir=run_dir)
         wall = time.perf_counter() - start
         rows = [summarise(run_dir, e) for e in entries if e["stage"].startswith("ppo_")]
-        profiles = [] if args.no_profile else [profile_update(run_dir, d) for d in ("separate", "shared")]
+        profiles = [] if args.no_profile else [profile_quickstart(run_dir, d) for d in ("separate", "shared")]
+    if not args.no_profile:
+        profiles += [profile_smollm2_width(d) for d in ("separate", "shared")]
     smollm2 = counted_smollm2()
     text = table(rows)
     text += "\n\nSmolLM2-135M, LoRA policy, 16 rollouts of 40 + 40 positions, 4 epochs (TFLOP, counted):\n"
@@ -361,10 +448,10 @@ def main() -> None:
     for p in profiles:
         shares = ", ".join(f"{k} {v:.0%}" for k, v in p["share_by_category"].items())
         print(
-            f"\nprofiled update, {p['design']} critic ({p['rows']} rollouts, P {p['prompt_tokens']} + A "
-            f"{p['response_tokens']}): {p['seconds']:.2f} s, {p['flops'] / 1e9:.1f} GFLOP, {p['mfu']:.0%} of "
-            f"{p['matmul_rate'] / 1e9:.0f} GFLOP/s; time: {shares}; inside the matmuls "
-            f"{p['matmul_flops_per_second'] / 1e9:.0f} GFLOP/s"
+            f"\nprofiled optimisation phase, {p['model']}, {p['policy']} policy, {p['design']} critic "
+            f"({p['rows']} rollouts of {p['prompt_tokens']} + {p['response_tokens']}, {p['ppo_epochs']} epochs): "
+            f"{p['seconds']:.2f} s, {p['flops'] / 1e9:.1f} GFLOP, {p['mfu']:.0%} of {p['matmul_rate'] / 1e9:.0f} "
+            f"GFLOP/s; time: {shares}; inside the matmuls {p['matmul_flops_per_second'] / 1e9:.0f} GFLOP/s"
         )
     print(
         f"\n{wall:.0f} s in all; load average before {before['load_average']}, after {machine()['load_average']}"
