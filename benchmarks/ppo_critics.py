@@ -389,14 +389,17 @@ def counted_smollm2(*, prompt_tokens: int = 40, response_tokens: int = 40) -> di
 def table(rows: list[dict[str, Any]]) -> str:
     """The markdown tables: the designs side by side, then the FLOPs and seconds of each phase."""
     out = [
-        "| policy | critic | s / update | held-out reward | GFLOP / update | MFU (update) | MFU (optimisation) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| policy | critic | s / update | held-out reward | GFLOP / update | optimisation GFLOP/s | "
+        "matmul rate GFLOP/s | MFU (update) | MFU (optimisation) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         reward = "-" if r["heldout_reward"] is None else f"{r['heldout_reward']:.3f}"
+        achieved = r["flops"]["train"] / r["seconds"]["train"] / 1e9
         out.append(
             f"| {r['policy']} | {r['design']} | {r['seconds_per_update']:.3f} | {reward} | "
-            f"{r['flops_per_update'] / 1e9:.2f} | {r['mfu']:.1%} | {r['mfu_train']:.1%} |"
+            f"{r['flops_per_update'] / 1e9:.2f} | {achieved:.1f} | {r['matmul_flops_per_second'] / 1e9:.0f} | "
+            f"{r['mfu']:.1%} | {r['mfu_train']:.1%} |"
         )
     out += [
         "",
