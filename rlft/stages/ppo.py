@@ -350,7 +350,8 @@ def run(cfg: PPOStage, ctx: StageContext) -> StageResult:
             encode_prompts(tokenizer, texts, max_length=cfg.max_prompt_length), pad
         )
         model.eval()
-        timer.take(), score_counter.take()  # a skipped step's leftovers
+        timer.take()  # drop what a skipped step left behind
+        score_counter.take()
         with timer.phase("sample"), generation_model(model, accelerator) as unwrapped:
             rollout = sample_responses(
                 unwrapped.policy,
