@@ -136,7 +136,8 @@ def where_time_goes(figures: dict[str, dict[str, list[float]]]) -> str:
 
 
 def run(quick: bool) -> dict[str, Any]:
-    steps, repeats = (150, 2) if quick else (300, 4)  # the SFT loop: ~4 s at 150 steps, against ~10 s of start-up
+    # the SFT loop: ~4 s at 150 steps, against ~10 s of start-up
+    steps, repeats = (150, 2) if quick else (300, 4)
     results: dict[str, Any] = {"steps": steps, "repeats": repeats, "kinds": {}}
     rows = []
     with tempfile.TemporaryDirectory(prefix="rlft-bench-wrapper-") as tmp:
