@@ -2,7 +2,7 @@
 
     python benchmarks/run.py                 # every benchmark, full repeats
     python benchmarks/run.py --quick         # fewer steps and repeats (the README table's run)
-    python benchmarks/run.py --only wrapper  # one of: wrapper, quickstart, ref_cache, data, tuning, padding
+    python benchmarks/run.py --only wrapper  # one of: wrapper, quickstart, ref_cache, data, tuning, padding, ppo
 
 Each benchmark writes `benchmarks/results/<name>.json` (the machine, its load average, package
 versions, the date, and each figure's median, min and max over the repeats); the table printed at
@@ -19,6 +19,7 @@ shared machine. Nothing here asserts a speed; the goals are printed beside the f
 | `data`       | load + validation + curation of synthetic preference rows            | rows/s     |
 | `tuning`     | seconds per step and peak memory of each tuning method on SFT        | -          |
 | `padding`    | SFT on skewed lengths: padding-free and packed batches vs padded     | >= 1.5x    |
+| `ppo`        | rlft's PPO stage vs TRL 1.12's PPOTrainer (its own virtualenv)       | <= 0.7x s/update, reward >= |
 """
 
 from __future__ import annotations
@@ -365,6 +366,13 @@ def padding(quick: bool) -> dict[str, Any]:
     }
 
 
+def ppo(quick: bool) -> dict[str, Any]:
+    """benchmarks/ppo_vs_trl.py: rlft's PPO stage against TRL 1.12.0's PPOTrainer, same model and settings."""
+    import ppo_vs_trl
+
+    return ppo_vs_trl.run(updates=20 if quick else 40, repeats=2 if quick else 3)
+
+
 def wrapper(quick: bool) -> dict[str, Any]:
     import wrapper as bench
 
@@ -378,6 +386,7 @@ BENCHMARKS = {
     "data": data,
     "tuning": tuning,
     "padding": padding,
+    "ppo": ppo,
 }
 
 
