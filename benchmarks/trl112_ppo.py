@@ -47,10 +47,12 @@ def main() -> None:
 
     imported = time.perf_counter()
     settings = json.loads(open(args.settings).read())
+    # lora {r, alpha}: a peft LoraConfig on the policy, whose reference is then the policy with its
+    # adapter disabled (TRL's way with ref_model None and a peft model)
+    lora = settings.pop("lora", None)
     set_seed(settings.get("seed", 42))
-    tokenizer = AutoTokenizer.from_pretrained(
-        args.policy, padding_side="left"
-    )  # generation needs left padding
+    # left padding: generation continues every prompt from its end
+    tokenizer = AutoTokenizer.from_pretrained(args.policy, padding_side="left")
     rows = [json.loads(line) for line in open(args.prompts) if line.strip()]
     ids = [
         tokenizer(
@@ -62,7 +64,18 @@ def main() -> None:
     train = datasets.Dataset.from_dict({"input_ids": ids})
     dtype = torch.float32
     policy = AutoModelForCausalLM.from_pretrained(args.policy, dtype=dtype)
-    reference = AutoModelForCausalLM.from_pretrained(args.policy, dtype=dtype)
+    reference = None if lora else AutoModelForCausalLM.from_pretrained(args.policy, dtype=dtype)
+    peft_config = None
+    if lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=lora["r"],
+            lora_alpha=lora["alpha"],
+            lora_dropout=0.0,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
     reward = AutoModelForSequenceClassification.from_pretrained(args.reward, num_labels=1, dtype=dtype)
     value = AutoModelForSequenceClassification.from_pretrained(args.reward, num_labels=1, dtype=dtype)
     for model in (reward, value):
@@ -91,11 +104,15 @@ def main() -> None:
         value_model=value,
         train_dataset=train,
         callbacks=[Clock()],
+        peft_config=peft_config,
     )
     ready = time.perf_counter()
     trainer.train()
     trained = time.perf_counter()
-    policy.save_pretrained(f"{args.out}/policy")
+    trained_policy = trainer.policy_model  # a PeftModel with LoRA: merged, so the folder is a plain model
+    if lora:
+        trained_policy = trained_policy.merge_and_unload()
+    trained_policy.save_pretrained(f"{args.out}/policy")
     tokenizer.save_pretrained(f"{args.out}/policy")
     saved = time.perf_counter()
     updates = [b - a for a, b in zip(marks, marks[1:], strict=False)]
