@@ -3,6 +3,7 @@
     python benchmarks/run.py                 # every benchmark, full repeats
     python benchmarks/run.py --quick         # fewer steps and repeats (the README table's run)
     python benchmarks/run.py --only wrapper  # one of: wrapper, quickstart, ref_cache, data, tuning, padding, ppo
+    python benchmarks/run.py --only ppo_smollm2 --quick   # PPO on SmolLM2-135M + LoRA: slow, never by default
 
 Each benchmark writes `benchmarks/results/<name>.json` (the machine, its load average, package
 versions, the date, and each figure's median, min and max over the repeats); the table printed at
@@ -479,6 +480,13 @@ def ppo(quick: bool) -> dict[str, Any]:
     return ppo_vs_trl.run(updates=20 if quick else 40, repeats=2 if quick else 3)
 
 
+def ppo_smollm2(quick: bool) -> dict[str, Any]:
+    """The same on SmolLM2-135M-Instruct with LoRA (~10-20 minutes on 2 cores: only with --only)."""
+    import ppo_vs_trl
+
+    return ppo_vs_trl.run(updates=3 if quick else 6, repeats=1 if quick else 2, model="smollm2-lora")
+
+
 def wrapper(quick: bool) -> dict[str, Any]:
     import wrapper as bench
 
@@ -494,6 +502,7 @@ BENCHMARKS = {
     "padding": padding,
     "ppo": ppo,
 }
+OPTIONAL = {"ppo_smollm2": ppo_smollm2}  # slow: run only when named with --only
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -523,7 +532,10 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="fewer steps and repeats (about 15 minutes on 2 cores)"
     )
     parser.add_argument(
-        "--only", choices=sorted(BENCHMARKS), action="append", help="run only this one (repeatable)"
+        "--only",
+        choices=sorted(BENCHMARKS | OPTIONAL),
+        action="append",
+        help="run only this one (repeatable); ppo_smollm2 runs only when named",
     )
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -531,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.only or BENCHMARKS:
         print(f"== {name}", flush=True)
         begin = time.perf_counter()
-        result = BENCHMARKS[name](args.quick)
+        result = (BENCHMARKS | OPTIONAL)[name](args.quick)
         result["seconds"] = time.perf_counter() - begin
         result["quick"] = args.quick
         print(f"   {name}: {result['seconds']:.0f} s -> {write_result(name, result)}", flush=True)
