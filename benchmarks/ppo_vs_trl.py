@@ -56,7 +56,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, Figure, Ratio, interleave, python, quiet_env, run_command  # noqa: E402
+from common import REPO, Figure, Ratio, interleave, machine, python, quiet_env, run_command  # noqa: E402
 
 VENV = REPO / "benchmarks" / ".venv-trl112"
 PINS = {"torch": "2.13.0", "transformers": "5.24.0", "trl": "1.12.0", "peft": "0.21.2"}  # peft: the LoRA rows
@@ -415,8 +415,9 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     result = run(updates=args.updates, repeats=args.repeats, base=args.base, model=args.model)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    if args.json:  # as benchmarks/run.py writes results/<name>.json
+        record = {"benchmark": "ppo" if args.model == "quickstart" else "ppo_smollm2", "machine": machine()}
+        args.json.write_text(json.dumps({**record, **result}, indent=2) + "\n")
     for row in result["rows"]:
         print(row["figure"], row["rlft"], row["baseline"], f"{row['ratio']['ratio']:.2f}", row["note"])
     return 0
