@@ -22,6 +22,7 @@ shared machine. Nothing here asserts a speed; the goals are printed beside the f
 | `padding`    | SFT on skewed lengths: padding-free and packed batches vs padded;    | >= 1.5x    |
 |              | DPO: length-grouped batches vs padded                                |            |
 | `ppo`        | rlft's PPO stage vs TRL 1.12's PPOTrainer (its own virtualenv)       | <= 0.7x s/update, reward >= |
+| `ppo_smollm2`| the same on SmolLM2-135M with LoRA (only with --only: slow)          | <= 0.7x s/update, reward >= |
 """
 
 from __future__ import annotations
