@@ -47,6 +47,8 @@ from common import (
     python,
     quiet_env,
     run_command,
+    run_stage,
+    write_pipeline,
     write_result,
 )  # noqa: E402
 
@@ -238,25 +240,16 @@ def tuning(quick: bool) -> dict[str, Any]:
                     "max_length": 64,
                 },
             }
-            pipeline = work / f"{name}.yaml"
-            pipeline.write_text(json.dumps({"name": f"tuning-{name}", "report": False, "stages": [stage]}))
+            pipeline = write_pipeline(work / f"{name}.yaml", f"tuning-{name}", stage)
 
             def side(name=name, pipeline=pipeline, counter=[0]) -> dict[str, float]:  # noqa: B006 - a run counter
                 counter[0] += 1
-                run_dir = work / f"{name}-{counter[0]}"
-                run_command(
-                    [python(), "-m", "rlft", "run", str(pipeline), "--run-dir", str(run_dir)], env=quiet_env()
-                )
-                record = json.loads((run_dir / "sft" / "stage.json").read_text())
-                metrics = [
-                    json.loads(x) for x in (run_dir / "sft" / "metrics.jsonl").read_text().splitlines()
-                ]
-                loop = next(m["train/runtime"] for m in reversed(metrics) if "train/runtime" in m)
-                peak = record["info"].get("peak_memory") or {}
+                run = run_stage(pipeline, work / f"{name}-{counter[0]}", "sft")
+                peak = run.record["info"].get("peak_memory") or {}
                 return {
-                    "seconds_per_step": loop / steps,
+                    "seconds_per_step": run.loop / steps,
                     "peak_rss_mib": float(peak["rss_mib"]),
-                    "trainable": float(record["info"]["parameters"]["trainable"]),
+                    "trainable": float(run.record["info"]["parameters"]["trainable"]),
                 }
 
             sides[name] = side
@@ -333,21 +326,12 @@ def padding(quick: bool) -> dict[str, Any]:
                     **keys,
                 },
             }
-            pipeline = work / f"{name}.yaml"
-            pipeline.write_text(json.dumps({"name": f"padding-{name}", "report": False, "stages": [stage]}))
+            pipeline = write_pipeline(work / f"{name}.yaml", f"padding-{name}", stage)
 
             def side(name=name, pipeline=pipeline, counter=[0]) -> dict[str, float]:  # noqa: B006 - a run counter
                 counter[0] += 1
-                run_dir = work / f"{name}-{counter[0]}"
-                run_command(
-                    [python(), "-m", "rlft", "run", str(pipeline), "--run-dir", str(run_dir)], env=quiet_env()
-                )
-                metrics = [
-                    json.loads(x) for x in (run_dir / "sft" / "metrics.jsonl").read_text().splitlines()
-                ]
-                loop = next(m["train/runtime"] for m in reversed(metrics) if "train/runtime" in m)
-                losses = [m["train/loss"] for m in metrics if "train/loss" in m]
-                return {"seconds": loop, "last_loss": losses[-1] if losses else float("nan")}
+                run = run_stage(pipeline, work / f"{name}-{counter[0]}", "sft")
+                return {"seconds": run.loop, "last_loss": run.losses[-1] if run.losses else float("nan")}
 
             sides[name] = side
         figures = interleave(sides, repeats)
@@ -401,17 +385,11 @@ def dpo_padding(work: Path, model: Path, data: list[dict[str, str]], repeats: in
             "precompute_reference": False,  # the reference runs on each batch too, padded as the policy's
             "trainer": {"num_train_epochs": 1, "per_device_train_batch_size": 8, "logging_steps": 10, **keys},
         }
-        pipeline = work / f"dpo-{name}.yaml"
-        pipeline.write_text(json.dumps({"name": f"padding-dpo-{name}", "report": False, "stages": [stage]}))
+        pipeline = write_pipeline(work / f"dpo-{name}.yaml", f"padding-dpo-{name}", stage)
 
         def side(name=name, pipeline=pipeline, counter=[0]) -> dict[str, float]:  # noqa: B006 - a run counter
             counter[0] += 1
-            run_dir = work / f"dpo-{name}-{counter[0]}"
-            run_command(
-                [python(), "-m", "rlft", "run", str(pipeline), "--run-dir", str(run_dir)], env=quiet_env()
-            )
-            metrics = [json.loads(x) for x in (run_dir / "dpo" / "metrics.jsonl").read_text().splitlines()]
-            loop = next(m["train/runtime"] for m in reversed(metrics) if "train/runtime" in m)
+            loop = run_stage(pipeline, work / f"dpo-{name}-{counter[0]}", "dpo").loop
             return {"seconds": loop, "tokens_per_second": real / loop}
 
         sides[name] = side

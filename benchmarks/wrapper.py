@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import REPO, Figure, Ratio, interleave, python, quiet_env, run_command
+from common import REPO, Figure, Ratio, interleave, python, quiet_env, run_command, run_stage, write_pipeline
 
 DATA = REPO / "configs" / "data" / "quickstart"
 KINDS = {
@@ -52,8 +52,9 @@ def build_model(folder: Path) -> Path:
     return build_tiny_from_texts(texts, folder / "model", hidden_size=128, num_layers=2)
 
 
-def pipeline_yaml(kind: str, model: Path, steps: int) -> str:
-    stage: dict[str, Any] = {
+def stage_config(kind: str, model: Path, steps: int) -> dict[str, Any]:
+    """The one stage of `kind` both sides train."""
+    return {
         "name": kind,
         "kind": kind,
         "model": {"path": str(model)},
@@ -69,23 +70,20 @@ def pipeline_yaml(kind: str, model: Path, steps: int) -> str:
         },
         **KINDS[kind]["extra"],
     }
-    spec = {"name": f"wrapper-{kind}", "seed": 0, "report": False, "stages": [stage]}
-    return json.dumps(spec)  # JSON is YAML
 
 
 def rlft_side(kind: str, pipeline: Path, work: Path, counter: list[int], settings: dict) -> dict[str, float]:
     counter[0] += 1
     run_dir = work / f"rlft-{counter[0]}"
-    env = {**quiet_env(), "HF_DATASETS_CACHE": str(run_dir / "hf"), "RLFT_CACHE_DIR": str(run_dir / "cache")}
-    seconds, _ = run_command(
-        [python(), "-m", "rlft", "run", str(pipeline), "--run-dir", str(run_dir)], env=env
-    )
-    record = json.loads((run_dir / kind / "stage.json").read_text())
-    settings.setdefault("values", record["info"]["trainer_settings"])
-    metrics = [json.loads(line) for line in (run_dir / kind / "metrics.jsonl").read_text().splitlines()]
-    loop = next(m["train/runtime"] for m in reversed(metrics) if "train/runtime" in m)
-    losses = [m["train/loss"] for m in metrics if "train/loss" in m]
-    return {"end_to_end": seconds, "loop": loop, "stage": record["seconds"], "last_loss": losses[-1]}
+    env = {"HF_DATASETS_CACHE": str(run_dir / "hf"), "RLFT_CACHE_DIR": str(run_dir / "cache")}
+    run = run_stage(pipeline, run_dir, kind, env=env)
+    settings.setdefault("values", run.record["info"]["trainer_settings"])
+    return {
+        "end_to_end": run.seconds,
+        "loop": run.loop,
+        "stage": run.record["seconds"],
+        "last_loss": run.losses[-1],
+    }
 
 
 def trl_side(kind: str, model: Path, work: Path, counter: list[int], settings: dict) -> dict[str, float]:
@@ -145,8 +143,9 @@ def run(quick: bool) -> dict[str, Any]:
         model = build_model(work)
         for kind in KINDS:
             print(f"wrapper: {kind}, {steps} steps, {repeats} repeats each side", flush=True)
-            pipeline = work / f"{kind}.yaml"
-            pipeline.write_text(pipeline_yaml(kind, model, steps))
+            pipeline = write_pipeline(
+                work / f"{kind}.yaml", f"wrapper-{kind}", stage_config(kind, model, steps)
+            )
             settings: dict = {}
             counter = [0]
             figures = interleave(
