@@ -129,6 +129,43 @@ def run_command(
     return seconds, proc.stdout + proc.stderr
 
 
+@dataclass
+class StageRun:
+    """One `rlft run` of a one-stage pipeline: its wall time, the stage's stage.json and metrics.jsonl."""
+
+    seconds: float
+    record: dict[str, Any]
+    metrics: list[dict[str, Any]]
+
+    @property
+    def loop(self) -> float:
+        """TRL's `train_runtime`: the seconds of `trainer.train()` (logged as train/runtime)."""
+        return next(m["train/runtime"] for m in reversed(self.metrics) if "train/runtime" in m)
+
+    @property
+    def losses(self) -> list[float]:
+        return [m["train/loss"] for m in self.metrics if "train/loss" in m]
+
+
+def write_pipeline(path: Path, name: str, stage: dict[str, Any]) -> Path:
+    """A one-stage pipeline file (no report: it would be timed too). JSON is YAML."""
+    path.write_text(json.dumps({"name": name, "seed": 0, "report": False, "stages": [stage]}))
+    return path
+
+
+def run_stage(pipeline: Path, run_dir: Path, stage: str, *, env: dict[str, str] | None = None) -> StageRun:
+    """`rlft run PIPELINE --run-dir RUN_DIR` in its own process (quiet_env, plus `env`), and what `stage` left."""
+    seconds, _ = run_command(
+        [python(), "-m", "rlft", "run", str(pipeline), "--run-dir", str(run_dir)],
+        env={**quiet_env(), **(env or {})},
+    )
+    folder = run_dir / stage
+    metrics = [
+        json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()
+    ]
+    return StageRun(seconds, json.loads((folder / "stage.json").read_text()), metrics)
+
+
 def quiet_env() -> dict[str, str]:
     """What every benchmark's processes run with: no W&B, no hub, no tokenizer threads fighting torch."""
     return {

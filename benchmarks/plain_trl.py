@@ -1,4 +1,4 @@
-"""The plain TRL script that rlft's SFT, reward and DPO stages are measured against (benchmarks/wrapper.py).
+"""The plain TRL script that rlft's SFT, reward, DPO and GRPO stages are measured against (benchmarks/wrapper.py).
 
     python benchmarks/plain_trl.py --kind sft --model MODEL_DIR --train FILE.jsonl \
         --settings SETTINGS.json --out OUT_DIR
@@ -6,7 +6,8 @@
 What a user would write without rlft: load the model folder and its tokenizer, read the JSONL with
 `datasets`, build TRL's config from SETTINGS.json (the settings rlft gave its own trainer config,
 read from the rlft stage's stage.json `info.trainer_settings`, so both train under the same
-values), train, save. It imports nothing from rlft. Prints one JSON line: the seconds of the
+values), train, save. It imports nothing from rlft (GRPO's reward is the quickstart's verifier,
+`reward_models.tasks.uppercase_copy`, a plain function TRL takes as it is: the user's code). Prints one JSON line: the seconds of the
 imports, of the set-up (model, data, trainer), of `trainer.train()` (TRL's `train_runtime`) and of
 the save, and the last logged loss.
 """
@@ -23,7 +24,7 @@ import json  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kind", choices=("sft", "reward", "dpo"), required=True)
+    parser.add_argument("--kind", choices=("sft", "reward", "dpo", "grpo"), required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--train", required=True)
     parser.add_argument("--settings", required=True)
@@ -48,10 +49,24 @@ def main() -> None:
         model.config.pad_token_id = tokenizer.pad_token_id
         config = RewardConfig(output_dir=args.out, **settings)
         trainer = RewardTrainer(model=model, args=config, train_dataset=train, processing_class=tokenizer)
-    else:
+    elif args.kind == "dpo":
         model = AutoModelForCausalLM.from_pretrained(args.model)
         config = DPOConfig(output_dir=args.out, **settings)
         trainer = DPOTrainer(model=model, args=config, train_dataset=train, processing_class=tokenizer)
+    else:
+        from trl import GRPOConfig, GRPOTrainer
+
+        from reward_models.tasks import uppercase_copy
+
+        model = AutoModelForCausalLM.from_pretrained(args.model)
+        config = GRPOConfig(output_dir=args.out, **settings)
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=[uppercase_copy],
+            args=config,
+            train_dataset=train.select_columns(["prompt"]),
+            processing_class=tokenizer,
+        )
     ready = time.perf_counter()
     output = trainer.train()
     trained = time.perf_counter()

@@ -2,7 +2,8 @@
 
     python benchmarks/run.py                 # every benchmark, full repeats
     python benchmarks/run.py --quick         # fewer steps and repeats (the README table's run)
-    python benchmarks/run.py --only wrapper  # one of: wrapper, quickstart, ref_cache, data, tuning, padding
+    python benchmarks/run.py --only wrapper  # one of: wrapper, quickstart, ref_cache, data, tuning, padding, ppo
+    python benchmarks/run.py --only ppo_smollm2 --quick   # PPO on SmolLM2-135M + LoRA: slow, never by default
 
 Each benchmark writes `benchmarks/results/<name>.json` (the machine, its load average, package
 versions, the date, and each figure's median, min and max over the repeats); the table printed at
@@ -18,7 +19,10 @@ shared machine. Nothing here asserts a speed; the goals are printed beside the f
 | `ref_cache`  | a 3-point DPO β sweep with cached reference log-probs vs without     | >= 1.3x    |
 | `data`       | load + validation + curation of synthetic preference rows            | rows/s     |
 | `tuning`     | seconds per step and peak memory of each tuning method on SFT        | -          |
-| `padding`    | SFT on skewed lengths: padding-free and packed batches vs padded     | >= 1.5x    |
+| `padding`    | SFT on skewed lengths: padding-free and packed batches vs padded;    | >= 1.5x    |
+|              | DPO: length-grouped batches vs padded                                |            |
+| `ppo`        | rlft's PPO stage vs TRL 1.12's PPOTrainer (its own virtualenv)       | <= 0.7x s/update, reward >= |
+| `ppo_smollm2`| the same on SmolLM2-135M with LoRA (only with --only: slow)          | <= 0.7x s/update, reward >= |
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ from common import (
     python,
     quiet_env,
     run_command,
+    run_stage,
+    write_pipeline,
     write_result,
 )  # noqa: E402
 
@@ -143,8 +149,9 @@ def ref_cache(quick: bool) -> dict[str, Any]:
 
 
 def data(quick: bool) -> dict[str, Any]:
-    """benchmarks/data_throughput.py: rows per second of the data layer."""
-    rows = 20_000 if quick else 100_000
+    """benchmarks/data_throughput.py: rows per second of the data layer, on the issue's 100k-row file
+    (--quick too: the whole benchmark takes about a minute since near-dedup went to numpy)."""
+    rows = 100_000
     with tempfile.TemporaryDirectory(prefix="rlft-bench-data-") as tmp:
         out = Path(tmp) / "result.json"
         run_command(
@@ -233,25 +240,16 @@ def tuning(quick: bool) -> dict[str, Any]:
                     "max_length": 64,
                 },
             }
-            pipeline = work / f"{name}.yaml"
-            pipeline.write_text(json.dumps({"name": f"tuning-{name}", "report": False, "stages": [stage]}))
+            pipeline = write_pipeline(work / f"{name}.yaml", f"tuning-{name}", stage)
 
             def side(name=name, pipeline=pipeline, counter=[0]) -> dict[str, float]:  # noqa: B006 - a run counter
                 counter[0] += 1
-                run_dir = work / f"{name}-{counter[0]}"
-                run_command(
-                    [python(), "-m", "rlft", "run", str(pipeline), "--run-dir", str(run_dir)], env=quiet_env()
-                )
-                record = json.loads((run_dir / "sft" / "stage.json").read_text())
-                metrics = [
-                    json.loads(x) for x in (run_dir / "sft" / "metrics.jsonl").read_text().splitlines()
-                ]
-                loop = next(m["train/runtime"] for m in reversed(metrics) if "train/runtime" in m)
-                peak = record["info"].get("peak_memory") or {}
+                run = run_stage(pipeline, work / f"{name}-{counter[0]}", "sft")
+                peak = run.record["info"].get("peak_memory") or {}
                 return {
-                    "seconds_per_step": loop / steps,
+                    "seconds_per_step": run.loop / steps,
                     "peak_rss_mib": float(peak["rss_mib"]),
-                    "trainable": float(record["info"]["parameters"]["trainable"]),
+                    "trainable": float(run.record["info"]["parameters"]["trainable"]),
                 }
 
             sides[name] = side
@@ -328,24 +326,16 @@ def padding(quick: bool) -> dict[str, Any]:
                     **keys,
                 },
             }
-            pipeline = work / f"{name}.yaml"
-            pipeline.write_text(json.dumps({"name": f"padding-{name}", "report": False, "stages": [stage]}))
+            pipeline = write_pipeline(work / f"{name}.yaml", f"padding-{name}", stage)
 
             def side(name=name, pipeline=pipeline, counter=[0]) -> dict[str, float]:  # noqa: B006 - a run counter
                 counter[0] += 1
-                run_dir = work / f"{name}-{counter[0]}"
-                run_command(
-                    [python(), "-m", "rlft", "run", str(pipeline), "--run-dir", str(run_dir)], env=quiet_env()
-                )
-                metrics = [
-                    json.loads(x) for x in (run_dir / "sft" / "metrics.jsonl").read_text().splitlines()
-                ]
-                loop = next(m["train/runtime"] for m in reversed(metrics) if "train/runtime" in m)
-                losses = [m["train/loss"] for m in metrics if "train/loss" in m]
-                return {"seconds": loop, "last_loss": losses[-1] if losses else float("nan")}
+                run = run_stage(pipeline, work / f"{name}-{counter[0]}", "sft")
+                return {"seconds": run.loop, "last_loss": run.losses[-1] if run.losses else float("nan")}
 
             sides[name] = side
         figures = interleave(sides, repeats)
+        dpo = dpo_padding(work, model, data, repeats)
     padded = Figure("padded", "s", figures["padded"]["seconds"])
     out_rows = []
     for name in ("padding_free", "packing"):
@@ -361,8 +351,120 @@ def padding(quick: bool) -> dict[str, Any]:
         )
     return {
         "figures": {k: {m: Figure(m, "", v).as_dict() for m, v in f.items()} for k, f in figures.items()},
-        "rows": out_rows,
+        "dpo": {k: v for k, v in dpo.items() if k != "rows"},
+        "rows": out_rows + dpo["rows"],
     }
+
+
+DPO_PADDING = {
+    "padded": {},  # TRL 1.16 turns DPO's padding_free off: every batch pads to its longest pair
+    "group_by_length": {"train_sampling_strategy": "group_by_length"},  # transformers' LengthGroupedSampler
+}
+
+
+def dpo_padding(work: Path, model: Path, data: list[dict[str, str]], repeats: int) -> dict[str, Any]:
+    """DPO on the same skewed rows (chosen: the upper-case copy, rejected: the lower-case one), one
+    epoch, batches of 8: padded batches in random order against length-grouped batches
+    (`trainer.train_sampling_strategy: group_by_length`). Tokens/s counts real (not padding) tokens of
+    both answers; the padded share is computed from the pairs' token counts and each sampler's batches."""
+    pairs = [
+        {"prompt": r["prompt"], "chosen": " " + r["completion"], "rejected": " " + r["completion"].lower()}
+        for r in data
+    ]
+    (work / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
+    real, padded_share = dpo_pad_shares(model, pairs, batch_size=8)
+    sides = {}
+    for name, keys in DPO_PADDING.items():
+        stage = {
+            "name": "dpo",
+            "kind": "dpo",
+            "model": {"path": str(model)},
+            "data": {"train": str(work / "prefs.jsonl")},
+            "evaluate": False,
+            "max_length": 2048,
+            "precompute_reference": False,  # the reference runs on each batch too, padded as the policy's
+            "trainer": {"num_train_epochs": 1, "per_device_train_batch_size": 8, "logging_steps": 10, **keys},
+        }
+        pipeline = write_pipeline(work / f"dpo-{name}.yaml", f"padding-dpo-{name}", stage)
+
+        def side(name=name, pipeline=pipeline, counter=[0]) -> dict[str, float]:  # noqa: B006 - a run counter
+            counter[0] += 1
+            loop = run_stage(pipeline, work / f"dpo-{name}-{counter[0]}", "dpo").loop
+            return {"seconds": loop, "tokens_per_second": real / loop}
+
+        sides[name] = side
+    figures = interleave(sides, repeats)
+    base = Figure("padded", "s", figures["padded"]["seconds"])
+    grouped = Figure("group_by_length", "s", figures["group_by_length"]["seconds"])
+    tps = {k: statistics_median(f["tokens_per_second"]) for k, f in figures.items()}
+    row = {
+        "figure": f"DPO on skewed lengths ({len(pairs)} pairs): length-grouped batches vs padded batches",
+        "rlft": f"{grouped.median:.1f} s per epoch, {tps['group_by_length']:,.0f} tokens/s, "
+        f"{padded_share['group_by_length']:.0%} padding",
+        "baseline": f"{base.median:.1f} s, {tps['padded']:,.0f} tokens/s, {padded_share['padded']:.0%} padding",
+        "ratio": {**Ratio("group_by_length", base, grouped).as_dict(), "goal": "recover padding (>= 1.5x)"},
+        "note": "trainer: {train_sampling_strategy: group_by_length}; TRL 1.16 turns DPO padding_free off",
+    }
+    return {
+        "real_tokens": real,
+        "padded_share": padded_share,
+        "figures": {k: {m: Figure(m, "", v).as_dict() for m, v in f.items()} for k, f in figures.items()},
+        "rows": [row],
+    }
+
+
+def dpo_pad_shares(
+    model: Path, pairs: list[dict[str, str]], *, batch_size: int
+) -> tuple[int, dict[str, float]]:
+    """(real tokens of all pairs, the share of padding in the batches of each sampler).
+
+    A pair's rows are prompt + chosen and prompt + rejected (with eos, as TRL adds it); TRL's collator
+    pads both rows of every pair in a batch to the batch's longest row. Random order: a seeded
+    permutation; grouped: transformers' LengthGroupedSampler on the lengths the DPO stage gives it.
+    """
+    import torch
+    from transformers import AutoTokenizer
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    rows = []
+    for pair in pairs:
+        prompt = len(tokenizer(pair["prompt"])["input_ids"])
+        answers = [
+            len(tokenizer(pair["prompt"] + pair[k])["input_ids"]) - prompt + 1 for k in ("chosen", "rejected")
+        ]
+        rows.append((prompt + answers[0], prompt + answers[1]))
+    real = sum(c + r for c, r in rows)
+    orders = {
+        "padded": torch.randperm(len(rows), generator=torch.Generator().manual_seed(42)).tolist(),
+        "group_by_length": list(
+            LengthGroupedSampler(
+                batch_size, lengths=[max(r) for r in rows], generator=torch.Generator().manual_seed(42)
+            )
+        ),
+    }
+    shares = {}
+    for name, order in orders.items():
+        total = 0
+        for start in range(0, len(order), batch_size):
+            batch = [rows[i] for i in order[start : start + batch_size]]
+            total += 2 * len(batch) * max(max(r) for r in batch)
+        shares[name] = 1 - real / total
+    return real, shares
+
+
+def ppo(quick: bool) -> dict[str, Any]:
+    """benchmarks/ppo_vs_trl.py: rlft's PPO stage against TRL 1.12.0's PPOTrainer, same model and settings."""
+    import ppo_vs_trl
+
+    return ppo_vs_trl.run(updates=20 if quick else 40, repeats=2 if quick else 3)
+
+
+def ppo_smollm2(quick: bool) -> dict[str, Any]:
+    """The same on SmolLM2-135M-Instruct with LoRA (~10-20 minutes on 2 cores: only with --only)."""
+    import ppo_vs_trl
+
+    return ppo_vs_trl.run(updates=3 if quick else 6, repeats=1 if quick else 2, model="smollm2-lora")
 
 
 def wrapper(quick: bool) -> dict[str, Any]:
@@ -378,7 +480,9 @@ BENCHMARKS = {
     "data": data,
     "tuning": tuning,
     "padding": padding,
+    "ppo": ppo,
 }
+OPTIONAL = {"ppo_smollm2": ppo_smollm2}  # slow: run only when named with --only
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -408,7 +512,10 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="fewer steps and repeats (about 15 minutes on 2 cores)"
     )
     parser.add_argument(
-        "--only", choices=sorted(BENCHMARKS), action="append", help="run only this one (repeatable)"
+        "--only",
+        choices=sorted(BENCHMARKS | OPTIONAL),
+        action="append",
+        help="run only this one (repeatable); ppo_smollm2 runs only when named",
     )
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -416,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.only or BENCHMARKS:
         print(f"== {name}", flush=True)
         begin = time.perf_counter()
-        result = BENCHMARKS[name](args.quick)
+        result = (BENCHMARKS | OPTIONAL)[name](args.quick)
         result["seconds"] = time.perf_counter() - begin
         result["quick"] = args.quick
         print(f"   {name}: {result['seconds']:.0f} s -> {write_result(name, result)}", flush=True)

@@ -1,4 +1,4 @@
-"""Wrapper overhead: rlft's SFT, reward and DPO stages against plain TRL scripts doing the same training.
+"""Wrapper overhead: rlft's SFT, reward, DPO and GRPO stages against plain TRL scripts doing the same training.
 
     python benchmarks/run.py --only wrapper [--quick]
 
@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import REPO, Figure, Ratio, interleave, python, quiet_env, run_command
+from common import REPO, Figure, Ratio, interleave, python, quiet_env, run_command, run_stage, write_pipeline
 
 DATA = REPO / "configs" / "data" / "quickstart"
 KINDS = {
@@ -34,6 +34,13 @@ KINDS = {
     "dpo": {
         "data": "prefs_train.jsonl",
         "extra": {"beta": 0.1, "max_length": 64, "precompute_reference": True},
+    },
+    # GRPO: prompts of the preference file, the quickstart's verifier as the reward (a plain function that
+    # TRL takes as it is), 8 completions of at most 16 tokens per prompt, 2 prompts per step
+    "grpo": {
+        "data": "prefs_train.jsonl",
+        "extra": {"reward": {"function": "reward_models.tasks:uppercase_copy"}, "evaluate": False},
+        "trainer": {"num_generations": 8, "max_completion_length": 16, "learning_rate": 1.0e-5},
     },
 }
 
@@ -45,8 +52,9 @@ def build_model(folder: Path) -> Path:
     return build_tiny_from_texts(texts, folder / "model", hidden_size=128, num_layers=2)
 
 
-def pipeline_yaml(kind: str, model: Path, steps: int) -> str:
-    stage: dict[str, Any] = {
+def stage_config(kind: str, model: Path, steps: int) -> dict[str, Any]:
+    """The one stage of `kind` both sides train."""
+    return {
         "name": kind,
         "kind": kind,
         "model": {"path": str(model)},
@@ -57,27 +65,25 @@ def pipeline_yaml(kind: str, model: Path, steps: int) -> str:
             "per_device_train_batch_size": 16,
             "logging_steps": 10,
             "save_steps": 10 * steps,  # no checkpoint inside the timed loop, on either side
-            **({"max_length": 64} if kind != "dpo" else {}),
+            **({"max_length": 64} if kind in ("sft", "reward") else {}),
+            **KINDS[kind].get("trainer", {}),
         },
         **KINDS[kind]["extra"],
     }
-    spec = {"name": f"wrapper-{kind}", "seed": 0, "report": False, "stages": [stage]}
-    return json.dumps(spec)  # JSON is YAML
 
 
 def rlft_side(kind: str, pipeline: Path, work: Path, counter: list[int], settings: dict) -> dict[str, float]:
     counter[0] += 1
     run_dir = work / f"rlft-{counter[0]}"
-    env = {**quiet_env(), "HF_DATASETS_CACHE": str(run_dir / "hf"), "RLFT_CACHE_DIR": str(run_dir / "cache")}
-    seconds, _ = run_command(
-        [python(), "-m", "rlft", "run", str(pipeline), "--run-dir", str(run_dir)], env=env
-    )
-    record = json.loads((run_dir / kind / "stage.json").read_text())
-    settings.setdefault("values", record["info"]["trainer_settings"])
-    metrics = [json.loads(line) for line in (run_dir / kind / "metrics.jsonl").read_text().splitlines()]
-    loop = next(m["train/runtime"] for m in reversed(metrics) if "train/runtime" in m)
-    losses = [m["train/loss"] for m in metrics if "train/loss" in m]
-    return {"end_to_end": seconds, "loop": loop, "stage": record["seconds"], "last_loss": losses[-1]}
+    env = {"HF_DATASETS_CACHE": str(run_dir / "hf"), "RLFT_CACHE_DIR": str(run_dir / "cache")}
+    run = run_stage(pipeline, run_dir, kind, env=env)
+    settings.setdefault("values", run.record["info"]["trainer_settings"])
+    return {
+        "end_to_end": run.seconds,
+        "loop": run.loop,
+        "stage": run.record["seconds"],
+        "last_loss": run.losses[-1],
+    }
 
 
 def trl_side(kind: str, model: Path, work: Path, counter: list[int], settings: dict) -> dict[str, float]:
@@ -107,12 +113,29 @@ def trl_side(kind: str, model: Path, work: Path, counter: list[int], settings: d
         "end_to_end": seconds,
         "loop": result["train_runtime"],
         "imports": result["imports"],
+        "setup": result["setup"],
+        "save": result["save"],
         "last_loss": result["last_loss"],
     }
 
 
+def where_time_goes(figures: dict[str, dict[str, list[float]]]) -> str:
+    """Medians of each side's end-to-end time split into its parts (rlft: outside its stage process = the CLI,
+    its imports, data checks and planning, the stage server's start, the report; in the stage outside the loop =
+    model, data, trainer, evaluation, saving; TRL: imports, set-up, save)."""
+    import statistics
+
+    r, t = ({k: statistics.median(v) for k, v in figures[side].items()} for side in ("rlft", "trl"))
+    return (
+        f"rlft: loop {r['loop']:.1f} s, rest of its stage {r['stage'] - r['loop']:.1f} s, outside the stage "
+        f"{r['end_to_end'] - r['stage']:.1f} s; TRL: loop {t['loop']:.1f} s, imports {t['imports']:.1f} s, set-up "
+        f"{t['setup']:.1f} s, save {t['save']:.1f} s"
+    )
+
+
 def run(quick: bool) -> dict[str, Any]:
-    steps, repeats = (60, 2) if quick else (200, 4)
+    # the SFT loop: ~4 s at 150 steps, against ~10 s of start-up
+    steps, repeats = (150, 2) if quick else (300, 4)
     results: dict[str, Any] = {"steps": steps, "repeats": repeats, "kinds": {}}
     rows = []
     with tempfile.TemporaryDirectory(prefix="rlft-bench-wrapper-") as tmp:
@@ -120,8 +143,9 @@ def run(quick: bool) -> dict[str, Any]:
         model = build_model(work)
         for kind in KINDS:
             print(f"wrapper: {kind}, {steps} steps, {repeats} repeats each side", flush=True)
-            pipeline = work / f"{kind}.yaml"
-            pipeline.write_text(pipeline_yaml(kind, model, steps))
+            pipeline = write_pipeline(
+                work / f"{kind}.yaml", f"wrapper-{kind}", stage_config(kind, model, steps)
+            )
             settings: dict = {}
             counter = [0]
             figures = interleave(
@@ -158,6 +182,7 @@ def run(quick: bool) -> dict[str, Any]:
                         "rlft": f"{ratio.a.median:.2f} s",
                         "baseline": f"{ratio.b.median:.2f} s (TRL)",
                         "ratio": ratio.as_dict(),
+                        **({"note": where_time_goes(figures)} if ratio is e2e else {}),
                     }
                 )
     results["rows"] = rows

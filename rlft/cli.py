@@ -575,30 +575,44 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
+    from rlft import stage_server
     from rlft.api import Pipeline
-    from rlft.report import write_report
     from rlft.resources import quickstart_config
+
+    whole = args.only is None  # every stage is there to compare: evaluate, then one report
+    overrides = list(args.overrides or []) + (["report=false"] if whole else [])
+    pipeline = Pipeline.from_yaml(quickstart_config(), overrides=overrides)
+    # One stage server for the stages and the evaluation after them: this process never imports torch
+    with stage_server.serving():
+        results = pipeline.run(
+            run_dir=args.run_dir, only=args.only, force=args.force, launch=args.launch, strict=args.strict
+        )
+        if not results:
+            return 0  # a rank other than 0 of an outer `accelerate launch`: rank 0 reports
+        line = " -> ".join(
+            f"{r['stage']} {r['task_reward']:.1%}" for r in results if r.get("task_reward") is not None
+        )
+        print(f"\nquickstart task reward (exact uppercase copies, greedy, held-out prompts): {line}")
+        for r in results:
+            if r.get("reward_accuracy") is not None:
+                print(f"reward model '{r['stage']}': held-out pairwise accuracy {r['reward_accuracy']:.1%}")
+            if r.get("kl") is not None:
+                print(f"stage '{r['stage']}': final KL from its reference {r['kl']:.3f} nats per response")
+        if not whole:
+            return 0
+        run_dir = args.run_dir or Path("runs") / pipeline.name
+        return stage_server.call("rlft.cli:evaluate_and_report", run_dir=str(run_dir), samples=2)
+
+
+def evaluate_and_report(run_dir: str, samples: int) -> int:
+    """`rlft eval RUN_DIR --samples N`, its table printed, then `rlft report RUN_DIR` (rlft quickstart's end)."""
+    from rlft.log import ensure_logging
+    from rlft.report import write_report
     from rlft.run_evaluation import evaluate_run, print_table
 
-    pipeline = Pipeline.from_yaml(quickstart_config(), overrides=args.overrides)
-    results = pipeline.run(
-        run_dir=args.run_dir, only=args.only, force=args.force, launch=args.launch, strict=args.strict
-    )
-    if not results:
-        return 0  # a rank other than 0 of an outer `accelerate launch`: rank 0 reports
-    line = " -> ".join(
-        f"{r['stage']} {r['task_reward']:.1%}" for r in results if r.get("task_reward") is not None
-    )
-    print(f"\nquickstart task reward (exact uppercase copies, greedy, held-out prompts): {line}")
-    for r in results:
-        if r.get("reward_accuracy") is not None:
-            print(f"reward model '{r['stage']}': held-out pairwise accuracy {r['reward_accuracy']:.1%}")
-        if r.get("kl") is not None:
-            print(f"stage '{r['stage']}': final KL from its reference {r['kl']:.3f} nats per response")
-    if args.only is None:  # every stage is there to compare
-        run_dir = args.run_dir or Path("runs") / pipeline.name
-        print_table(evaluate_run(run_dir, samples=2))
-        print(f"report: {write_report([run_dir])}")
+    ensure_logging()  # its progress lines, as in the parent
+    print_table(evaluate_run(Path(run_dir), samples=samples))
+    print(f"report: {write_report([Path(run_dir)])}")
     return 0
 
 

@@ -8,7 +8,8 @@ needs the policy's own distribution, so it samples, with a fixed seed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 Prompt = str | list[dict[str, str]]  # raw text, or a conversation (TRL's conversational format)
@@ -81,35 +82,62 @@ def sampled_completions(
 ) -> list[list[str]]:
     """`samples_per_prompt` sampled completions per prompt (plain sampling at `temperature`, seeded:
     the same call gives the same text), decoded as `greedy_completions` decodes. (N prompts) -> N lists."""
+    flat: list[str] = []
+    with _sampling([model], seed):
+        for rollout in _rollouts(
+            model, tokenizer, prompts, samples_per_prompt, temperature, max_new_tokens, batch_size
+        ):
+            flat += [_decode(tokenizer, ids) for ids in rollout.responses.tolist()]
+    return [flat[i : i + samples_per_prompt] for i in range(0, len(flat), samples_per_prompt)]
+
+
+@contextlib.contextmanager
+def _sampling(models: list[Any], seed: int) -> Iterator[None]:
+    """While inside: the models in eval mode (a learned prompt fixed in place), no autograd, torch's RNG
+    seeded with `seed` (and restored afterwards, so the caller's random state is left as it was)."""
     import torch
 
     from rlft.models.prompt_learning import fix_prompt_learning
+
+    states = [(m, m.training) for m in models]
+    for model in models:
+        model.eval()
+        fix_prompt_learning(model)
+    try:
+        with torch.inference_mode(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        for model, was_training in states:
+            model.train(was_training)
+
+
+def _rollouts(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Prompt],
+    samples_per_prompt: int,
+    temperature: float,
+    max_new_tokens: int,
+    batch_size: int,
+) -> Iterator[Any]:
+    """`model`'s sampled responses (rlft.rl.rollout.Rollout), `samples_per_prompt` per prompt in a row, one
+    batch of `batch_size` sequences at a time; used inside `_sampling`."""
     from rlft.rl.rollout import left_pad, sample_responses
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = [ids for p in prompts for ids in [_encode(tokenizer, p)] * samples_per_prompt]
-    flat: list[str] = []
-    was_training = model.training
-    model.eval()
-    fix_prompt_learning(model)
-    try:
-        with torch.inference_mode(), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for start in range(0, len(encoded), batch_size):
-                prompt_ids, prompt_mask = left_pad(encoded[start : start + batch_size], pad_id)  # (B, P)
-                rollout = sample_responses(
-                    model,
-                    prompt_ids.to(model.device),
-                    prompt_mask.to(model.device),
-                    max_new_tokens=max_new_tokens,
-                    temperature=temperature,
-                    eos_token_id=tokenizer.eos_token_id,
-                    pad_token_id=pad_id,
-                )
-                flat += [_decode(tokenizer, ids) for ids in rollout.responses.tolist()]
-    finally:
-        model.train(was_training)
-    return [flat[i : i + samples_per_prompt] for i in range(0, len(flat), samples_per_prompt)]
+    for start in range(0, len(encoded), batch_size):
+        prompt_ids, prompt_mask = left_pad(encoded[start : start + batch_size], pad_id)  # (B, P)
+        yield sample_responses(
+            model,
+            prompt_ids.to(model.device),
+            prompt_mask.to(model.device),
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=pad_id,
+        )
 
 
 def task_reward(
@@ -175,48 +203,25 @@ def sampled_kl(
     the mean of the log-ratio, with its standard error). Both models read the policy's tokens, so they
     need the same tokenizer.
     """
-    import torch
-
     from rlft.comparisons import sequence_kl
-    from rlft.models.prompt_learning import fix_prompt_learning
     from rlft.rl.core import logprobs_from_logits
     from rlft.rl.critic import policy_logits, position_ids_from_mask
-    from rlft.rl.rollout import left_pad, sample_responses
 
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    encoded = [ids for p in prompts for ids in [_encode(tokenizer, p)] * samples_per_prompt]
-    states = [(m, m.training) for m in (policy, reference)]
     policy_logps: list[float] = []
     reference_logps: list[float] = []
-    for model, _ in states:
-        model.eval()
-        fix_prompt_learning(model)
-    try:
-        with torch.inference_mode(), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for start in range(0, len(encoded), batch_size):
-                prompt_ids, prompt_mask = left_pad(encoded[start : start + batch_size], pad_id)  # (B, P)
-                rollout = sample_responses(
-                    policy,
-                    prompt_ids.to(policy.device),
-                    prompt_mask.to(policy.device),
-                    max_new_tokens=max_new_tokens,
-                    temperature=temperature,
-                    eos_token_id=tokenizer.eos_token_id,
-                    pad_token_id=pad_id,
+    with _sampling([policy, reference], seed):
+        for rollout in _rollouts(
+            policy, tokenizer, prompts, samples_per_prompt, temperature, max_new_tokens, batch_size
+        ):
+            a = rollout.response_mask.shape[1]
+            positions = position_ids_from_mask(rollout.attention_mask)
+            for model, out in ((policy, policy_logps), (reference, reference_logps)):
+                ids, mask = rollout.sequences.to(model.device), rollout.attention_mask.to(model.device)
+                logits = policy_logits(model, ids, mask, positions.to(model.device))[
+                    :, -a - 1 : -1
+                ]  # (B, A, V)
+                per_token = logprobs_from_logits(
+                    logits, rollout.responses.to(model.device), temperature=temperature
                 )
-                a = rollout.response_mask.shape[1]
-                positions = position_ids_from_mask(rollout.attention_mask)
-                for model, out in ((policy, policy_logps), (reference, reference_logps)):
-                    ids, mask = rollout.sequences.to(model.device), rollout.attention_mask.to(model.device)
-                    logits = policy_logits(model, ids, mask, positions.to(model.device))[
-                        :, -a - 1 : -1
-                    ]  # (B, A, V)
-                    per_token = logprobs_from_logits(
-                        logits, rollout.responses.to(model.device), temperature=temperature
-                    )
-                    out += (per_token * rollout.response_mask.to(model.device)).sum(-1).tolist()  # (B,)
-    finally:
-        for model, was_training in states:
-            model.train(was_training)
+                out += (per_token * rollout.response_mask.to(model.device)).sum(-1).tolist()  # (B,)
     return sequence_kl(policy_logps, reference_logps)

@@ -18,7 +18,6 @@ in-process instead, and rank 0 alone does the file work (rlft/launched.py).
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import logging
 import os
@@ -50,6 +49,7 @@ from rlft.launch_rules import check_launch_rules
 from rlft.launched import World
 from rlft.log import ensure_logging
 from rlft.pipeline_file import PipelineSpec
+from rlft.processes import stop_child, stop_pid
 from rlft.resources import find_launch_config, resolved_launch_config
 from rlft.runlock import hold_run_folder
 from rlft.stages.base import StageBase
@@ -611,22 +611,8 @@ def _stream(command: list[str], log_path: Path) -> int:
         _copy_output(proc.stdout.fileno(), log_path)
         return proc.wait()
     except KeyboardInterrupt:
-        _stop(proc)
+        stop_child(proc)
         raise
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """After Ctrl-C: let the stage process stop on its own (a terminal's Ctrl-C reaches it too), tell it
-    (SIGINT) when the interrupt was ours alone, and kill it when it does not stop."""
-    import signal
-
-    for wait, then in ((5, lambda: proc.send_signal(signal.SIGINT)), (30, proc.kill)):
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            then()
-    proc.wait()
 
 
 def _stream_forked(server: stage_server.StageServer, work: Path) -> int:
@@ -640,32 +626,10 @@ def _stream_forked(server: stage_server.StageServer, work: Path) -> int:
         _copy_output(read_end, work / "stage.log")
         return server.wait()
     except KeyboardInterrupt:
-        _stop_pid(pid)
+        stop_pid(pid)
         raise
     finally:
         os.close(read_end)
-
-
-def _stop_pid(pid: int) -> None:
-    """`_stop` for a forked stage process: not our child (the stage server's), so polled by pid."""
-    import signal
-    import time
-
-    def gone_within(seconds: float) -> bool:
-        deadline = time.time() + seconds
-        while time.time() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return True
-            time.sleep(0.1)
-        return False
-
-    for wait, sig in ((5, signal.SIGINT), (30, signal.SIGKILL)):
-        if gone_within(wait):
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
 
 
 def summary_entries(outcomes: list[StageOutcome]) -> list[dict[str, Any]]:

@@ -231,43 +231,27 @@ def check_files(pipeline: PipelineSpec) -> None:
             p = p if p.is_absolute() else pipeline.base_dir / p
             if not p.is_file():
                 raise ConfigError(f"{pipeline.label}: evaluate.{key}: {p} does not exist")
+        if evaluate.judge is not None:  # used by `rlft eval` only, but a wrong path is best found now
+            source = evaluate.judge.model
+            at = f"{pipeline.label}: evaluate.judge.model.{'path' if source.path else 'hub'}"
+            local_model_folder(source, pipeline.base_dir, at=at, needs_tokenizer=True)
 
 
 def check_models(pipeline: PipelineSpec) -> None:
     """Every local model folder a stage names (path, or a hub name that is a local folder) must hold a
     config, weights (safetensors, or pickle with allow_pickle) and, for the stage's own model, a tokenizer."""
     from rlft.config import ModelSource
-    from rlft.models.loading import model_folder_problem, model_memory_problem
 
     for i, stage in enumerate(pipeline.stages):
         folders: dict[str, Path] = {}
         for key in type(stage).model_fields:
             source = getattr(stage, key)
-            if not isinstance(source, ModelSource) or (source.path is None and source.hub is None):
+            if not isinstance(source, ModelSource):
                 continue
-            raw = source.path or source.hub
-            folder = Path(raw).expanduser()
-            folder = folder if folder.is_absolute() else pipeline.base_dir / folder
-            if source.hub is not None and not folder.is_dir():
-                continue  # a hub name: checked when loaded
             at = f"{pipeline.label}: stages[{i}].{key}.{'path' if source.path else 'hub'}"
-            if not folder.exists():
-                raise ConfigError(
-                    f"{at}: {folder} does not exist (relative paths start from the pipeline file's folder)"
-                )
-            if source.subfolder:
-                folder = folder / source.subfolder
-            if source.gguf_file:
-                if not (folder / source.gguf_file).is_file():
-                    raise ConfigError(f"{at}: {folder} has no file {source.gguf_file} (gguf_file)")
-                continue
-            problem = model_folder_problem(
-                folder, allow_pickle=source.allow_pickle, needs_tokenizer=key == "model"
-            )
-            problem = problem or model_memory_problem(folder, source.dtype)
-            if problem:
-                raise ConfigError(f"{at}: {problem}")
-            folders[key] = folder
+            folder = local_model_folder(source, pipeline.base_dir, at=at, needs_tokenizer=key == "model")
+            if folder is not None:
+                folders[key] = folder
         if "model" in folders and "reference" in folders:
             problem = tokenizer_mismatch(folders["model"], folders["reference"])
             if problem:
@@ -276,6 +260,35 @@ def check_models(pipeline: PipelineSpec) -> None:
                     "so it needs the policy's tokenizer: use a model of the same family, or leave reference out (it "
                     "defaults to the starting model)"
                 )
+
+
+def local_model_folder(source: Any, base_dir: Path, *, at: str, needs_tokenizer: bool) -> Path | None:
+    """The local folder a model source names, checked (ConfigError at `at` when it is missing or not a loadable
+    model folder); None for sources checked when loaded (a hub name, {from: STAGE}, a package, a tiny model)
+    and for GGUF files (present: checked here; their content: when loaded)."""
+    from rlft.models.loading import model_folder_problem, model_memory_problem
+
+    if source.path is None and source.hub is None:
+        return None
+    folder = Path(source.path or source.hub).expanduser()
+    folder = folder if folder.is_absolute() else base_dir / folder
+    if source.hub is not None and not folder.is_dir():
+        return None  # a hub name: checked when loaded
+    if not folder.exists():
+        raise ConfigError(
+            f"{at}: {folder} does not exist (relative paths start from the pipeline file's folder)"
+        )
+    if source.subfolder:
+        folder = folder / source.subfolder
+    if source.gguf_file:
+        if not (folder / source.gguf_file).is_file():
+            raise ConfigError(f"{at}: {folder} has no file {source.gguf_file} (gguf_file)")
+        return None
+    problem = model_folder_problem(folder, allow_pickle=source.allow_pickle, needs_tokenizer=needs_tokenizer)
+    problem = problem or model_memory_problem(folder, source.dtype)
+    if problem:
+        raise ConfigError(f"{at}: {problem}")
+    return folder
 
 
 def tokenizer_mismatch(first: Path, second: Path) -> str | None:

@@ -15,6 +15,26 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def stage_context(tmp_path: Path, work: Path | None = None, **fields):
+    """The StageContext a stage's functions get from the runner, for calling them directly in a test: the run
+    folder `tmp_path`, the work folder `work` (default tmp_path/work, its artifact folder inside), metrics
+    into work/metrics.jsonl; `fields` replace any of its values (model_paths, ...)."""
+    from rlft.stages.base import StageContext
+    from rlft.tracking import Tracker
+
+    work = work or tmp_path / "work"
+    values = dict(
+        pipeline="t",
+        run_dir=tmp_path,
+        work_dir=work,
+        artifact_dir=work / "artifact",
+        base_dir=tmp_path,
+        model_paths={},
+        tracker=Tracker(work / "metrics.jsonl"),
+    )
+    return StageContext(**{**values, **fields})
+
+
 def tiny_pipeline_yaml(
     *, name: str = "t", sft_trainer: str = "{max_steps: 4}", extra_stage: str = "", evaluate: bool = False
 ) -> str:

@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "rlft.faults",
             "rlft.runlock",
             "rlft.diskspace",
+            "rlft.processes",
         ],
     ),
     (

@@ -1,6 +1,7 @@
 """rlft.evaluation on a tiny untrained model: shapes, determinism, padding restored."""
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from reward_models.tasks import uppercase_copy
@@ -102,3 +103,22 @@ def test_sampled_kl_is_zero_against_itself_and_grows_with_a_perturbation(model_a
     assert all(k.stderr > 0 for k in kls)
     # seeded: the same call gives the same estimate
     assert sampled_kl(perturbed, model, tokenizer, prompts, **options).mean == kls[-1].mean
+
+
+def test_sampled_completions_are_seeded_and_leave_the_callers_state_alone(model_and_tokenizer):
+    from rlft.evaluation import sampled_completions
+
+    model, tokenizer = model_and_tokenizer
+    prompts = ["shout: a b", [{"role": "user", "content": "shout: c d e"}], "shout: f"]
+    model.train()
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    options = dict(samples_per_prompt=3, max_new_tokens=6, batch_size=4)
+    first = sampled_completions(model, tokenizer, prompts, seed=1, **options)
+    assert [len(s) for s in first] == [3, 3, 3] and all(isinstance(t, str) for s in first for t in s)
+    assert (
+        sampled_completions(model, tokenizer, prompts, seed=1, **options) == first
+    )  # the same call, the same text
+    assert sampled_completions(model, tokenizer, prompts, seed=2, **options) != first  # the seed matters
+    assert model.training  # its mode restored
+    assert torch.equal(torch.random.get_rng_state(), before)  # the caller's random stream untouched

@@ -5,13 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUICKSTART_DATA
+from conftest import QUICKSTART_DATA, stage_context
 
 from rlft.guards import NonFiniteError, NonFiniteGuard, non_finite
 from rlft.models.tiny import build_tiny_from_texts
 from rlft.stages import ppo, sft
 from rlft.stages.base import StageContext
-from rlft.tracking import Tracker
 
 
 def test_non_finite_picks_the_bad_values_of_numbers_and_tensors():
@@ -59,15 +58,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 def context(tmp_path: Path) -> StageContext:
     work = tmp_path / "work"
-    return StageContext(
-        pipeline="t",
-        run_dir=tmp_path,
-        work_dir=work,
-        artifact_dir=work / "artifact",
-        base_dir=tmp_path,
-        model_paths={},
-        tracker=Tracker(work / "metrics.jsonl"),
-    )
+    return stage_context(tmp_path, work)
 
 
 def nan_loss_at(monkeypatch, steps: set[int]) -> None:

@@ -157,3 +157,34 @@ def test_a_judge_leaves_the_stages_fingerprints_alone(tmp_path):
     assert fingerprint({**evaluate, "max_new_tokens": 9}) != fingerprint(
         evaluate
     )  # what stages use still counts
+
+
+def test_validate_checks_the_judges_model_folder(tmp_path):
+    """A judge only serves `rlft eval`, but a missing or broken folder is found by `rlft validate` already."""
+    from conftest import QUICKSTART_DATA
+
+    from rlft.errors import ConfigError
+    from rlft.pipeline_file import check_files, pipeline_from_dict
+
+    def check(judge_model):
+        evaluate = {
+            "prompts": f"{QUICKSTART_DATA}/heldout_prompts.jsonl",
+            "reward": "reward_models.tasks:uppercase_copy",
+            "judge": {"model": judge_model},
+        }
+        sft = {
+            "name": "sft",
+            "kind": "sft",
+            "model": "m/m",
+            "data": {"train": f"{QUICKSTART_DATA}/sft_train.jsonl"},
+        }
+        check_files(
+            pipeline_from_dict({"name": "p", "evaluate": evaluate, "stages": [sft]}, base_dir=tmp_path)
+        )
+
+    with pytest.raises(ConfigError, match=r"evaluate\.judge\.model\.path: .*nowhere does not exist"):
+        check({"path": "nowhere"})
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"evaluate\.judge\.model\.path: .*empty"):
+        check({"path": "empty"})
+    check("some-org/some-judge")  # a hub name: checked when `rlft eval` loads it

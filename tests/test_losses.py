@@ -10,12 +10,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import QUICKSTART_DATA
+from conftest import QUICKSTART_DATA, stage_context
 
 from rlft import losses
 from rlft.stages import dpo
-from rlft.stages.base import StageContext
-from rlft.tracking import Tracker
 
 
 def softplus(x: float) -> float:  # -log σ(-x) = log(1 + e^x)
@@ -141,15 +139,7 @@ def trl_trainer(tmp_path_factory):
         }
     )
     work = tmp / "work"
-    ctx = StageContext(
-        pipeline="t",
-        run_dir=tmp,
-        work_dir=work,
-        artifact_dir=work / "artifact",
-        base_dir=tmp,
-        model_paths={},
-        tracker=Tracker(work / "metrics.jsonl"),
-    )
+    ctx = stage_context(tmp, work)
     trainer, _ = dpo.make_trainer(cfg, ctx)
     return trainer
 
@@ -319,15 +309,7 @@ def test_trl_cpo_loss_matches_rlft_formula(tmp_path, trl_trainer, settings):
         }
     )
     work = tmp_path / "work"
-    ctx = StageContext(
-        pipeline="t",
-        run_dir=tmp_path,
-        work_dir=work,
-        artifact_dir=work / "artifact",
-        base_dir=tmp_path,
-        model_paths={},
-        tracker=Tracker(work / "metrics.jsonl"),
-    )
+    ctx = stage_context(tmp_path, work)
     trainer, _ = contrastive.make_preference_trainer(cfg, ctx)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
     vocab = len(trainer.processing_class)

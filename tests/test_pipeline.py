@@ -328,3 +328,29 @@ def test_ctrl_c_stops_the_run_and_its_stage_and_says_how_to_resume(tmp_path, wri
     with pytest.raises(ProcessLookupError):
         os.kill(record["pid"], 0)  # and is gone
     assert (run_dir / ".lock").read_text() == ""  # the run folder is free again
+
+
+@pytest.mark.parametrize("how", ["child", "forked pid"])
+def test_stop_after_ctrl_c_sends_sigint_then_kills(monkeypatch, how):
+    """After an interrupt that was ours alone: a stage process that handles SIGINT stops on it; one that
+    ignores SIGINT is killed once its second wait is over."""
+    import subprocess
+    import sys
+    import time
+
+    from rlft import processes
+
+    monkeypatch.setattr(processes, "STOP_WAITS", (0.3, 1.0))
+    handles = "import signal, sys, time; signal.signal(signal.SIGINT, lambda *a: sys.exit(7)); print('up', flush=True); time.sleep(60)"
+    ignores = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
+    for code, expected in ((handles, 7), (ignores, -9)):
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "up"  # the handler is in place
+        started = time.monotonic()
+        if how == "child":
+            processes.stop_child(proc)
+        else:
+            processes.stop_pid(proc.pid)  # polls the pid: reap it from here, as the stage server would
+            proc.wait(timeout=5)
+        assert proc.returncode == expected
+        assert time.monotonic() - started < 5

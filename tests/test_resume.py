@@ -35,7 +35,7 @@ def uppercase_share(prompts, completions, **fields):
     return out
 """
 
-# kind -> (its stage keys, the metrics compared step by step, the samples-seen counter)
+# kind (or kind-variant) -> (its stage keys, the metrics compared step by step, the samples-seen counter)
 STAGES = {
     "sft": (
         f"data: {SFT}\ntrainer: {{{TRAINER}, per_device_train_batch_size: 4, max_length: 64}}",
@@ -80,6 +80,21 @@ STAGES = {
         ["ppo/loss", "ppo/score", "ppo/kl"],
         "ppo/episodes",
     ),
+    # the critic designs (rlft/stages/ppo.py critic_design): the value head / the critic's adapters resume too
+    "ppo-shared": (
+        f"data: {SFT}\nreward: {{function: rewards.py:uppercase_share}}\nsteps: 5\nsave_steps: 3\n"
+        "rollout_batch_size: 8\nminibatch_size: 4\nppo_epochs: 1\nmax_new_tokens: 6\nlearning_rate: 1.0e-3\n"
+        "critic_design: shared",
+        ["ppo/loss", "ppo/score", "ppo/kl", "ppo/value_loss"],
+        "ppo/episodes",
+    ),
+    "ppo-lora": (
+        f"data: {SFT}\nreward: {{function: rewards.py:uppercase_share}}\nsteps: 5\nsave_steps: 3\n"
+        "rollout_batch_size: 8\nminibatch_size: 4\nppo_epochs: 1\nmax_new_tokens: 6\nlearning_rate: 1.0e-3\n"
+        "critic_design: lora\ncritic_lora: {r: 4, alpha: 8}",
+        ["ppo/loss", "ppo/score", "ppo/kl", "ppo/value_loss"],
+        "ppo/episodes",
+    ),
     "multitask": (
         f"tasks:\n  - {{name: upper, data: {SFT}}}\n"
         f"  - {{name: reverse, data: {{train: {REVERSE_DATA}/sft_train.jsonl, max_rows: 64}}}}\n"
@@ -99,8 +114,9 @@ def tiny_model(tmp_path_factory):
     )
 
 
-def write_pipeline(tmp_path, tiny_model, kind):
-    keys, _, _ = STAGES[kind]
+def write_pipeline(tmp_path, tiny_model, key):
+    keys, _, _ = STAGES[key]
+    kind = key.partition("-")[0]
     (tmp_path / "rewards.py").write_text(REWARDS)
     stage = "\n".join("    " + line for line in keys.splitlines())
     path = tmp_path / "pipeline.yaml"
@@ -126,12 +142,13 @@ def by_step(metrics, key):
     return {m["step"]: m[key] for m in metrics if key in m}
 
 
-@pytest.mark.parametrize("kind", list(STAGES))
+@pytest.mark.parametrize("key", list(STAGES))
 def test_a_stage_killed_between_checkpoints_resumes_to_the_same_result(
-    tmp_path, tiny_model, kind, monkeypatch
+    tmp_path, tiny_model, key, monkeypatch
 ):
-    _, compared, samples = STAGES[kind]
-    pipeline = load_pipeline(write_pipeline(tmp_path, tiny_model, kind))
+    _, compared, samples = STAGES[key]
+    kind = key.partition("-")[0]
+    pipeline = load_pipeline(write_pipeline(tmp_path, tiny_model, key))
     run_dir = tmp_path / "run"
     work = run_dir / ".work" / kind
 

@@ -74,3 +74,15 @@ def test_a_failing_stage_fails_the_run_the_same_way(tmp_path, write_pipeline, mo
             run_pipeline(load_pipeline(path), run_dir=tmp_path / f"run{server}")
         messages.append(str(failed.value).replace(f"run{server}", "run"))
     assert messages[0] == messages[1]
+
+
+def test_call_runs_a_function_in_a_forked_process_with_our_stdout(capfd):
+    """stage_server.call (rlft quickstart's evaluation): the function runs in a child of the server, writes
+    to our stdout, and its int result is the exit code; outside serving() it runs here."""
+    with stage_server.serving():
+        server_pid = stage_server.server().proc.pid
+        assert stage_server.call("builtins:print", end="printed by the child\n") == 0
+        # os.getppid in the child is the server's pid; an exit code keeps its low 8 bits
+        assert stage_server.call("os:getppid") == server_pid & 0xFF
+    assert "printed by the child" in capfd.readouterr().out
+    assert stage_server.call("os:getpid") == os.getpid()  # no server: called in this process

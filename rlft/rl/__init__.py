@@ -6,10 +6,11 @@
 | `experience`    | the `Experience` dataclass (one batch of rollouts) and `make_experience`          |
 | `kl_controller` | fixed and adaptive KL coefficients (Ziegler et al. 2019, sec. 2.2)                |
 | `rollout`       | prompts -> sampled responses -> scores -> `Experience` (prompt order, reference)  |
-| `critic`        | the value model (from a reward model or the policy) and the actor-critic module   |
+| `critic`        | the value model (separate, LoRA, or a head on the policy) and the actor-critic    |
 | `update`        | PPO epochs of clipped-loss minibatch updates; the optimizer and its LR schedule   |
 | `metrics`       | the `ppo/*` metrics of a step, averaged over processes; sample-table rows         |
 | `checkpoint`    | save / resume a run: accelerate's state + trainer_state.json                      |
+| `perf`          | FLOPs of a step by phase, the timed matmul rate, the `perf/*` metrics (MFU)       |
 
 Sources, cited where each piece is defined:
 - Huang et al. 2024, "The N+ Implementation Details of RLHF with PPO: A Case Study on TL;DR

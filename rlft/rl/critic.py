@@ -13,6 +13,10 @@ the body is the policy's and the head is new.
                               One module (and one optimizer, a param group each) is what
                               DeepSpeed and DDP wrap; TRL's PPOv2 did the same
                               (`PolicyAndValueWrapper`).
+    SharedActorCritic(policy, head)   the same forward from one pass: a value head on the
+                              policy's last hidden states (the `shared` critic design)
+    lora_critic(critic, cfg)  the critic's body under LoRA adapters, its head trained fully
+                              (the `lora` critic design)
 
 Position ids: sequences are left-padded (rlft.rl.experience), so every forward here computes
 `position_ids` from the attention mask, as `generate` does for left-padded prompts; without
@@ -21,6 +25,7 @@ them a padded row would see other positions in training than at generation.
 
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 from typing import Any
@@ -61,6 +66,37 @@ class ValueModel(nn.Module):
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         ).last_hidden_state  # (B, T, H)
         return self.head(hidden).squeeze(-1).float()  # (B, T)
+
+
+def lora_critic(
+    critic: ValueModel,
+    *,
+    r: int,
+    alpha: float,
+    target_modules: str | list[str],
+    use_rslora: bool = False,
+    use_dora: bool = False,
+) -> ValueModel:
+    """The critic with LoRA adapters on its body (peft) and its head still trained fully.
+
+    The body's weights freeze; only the adapters (B = 0 at the start, so the critic starts as the
+    model it was made from) and the head train. No adapter dropout: the value of a token must be
+    the same in the rollout and in training (Huang et al. 2024, sec. 7, for dropout in general).
+    """
+    from peft import LoraConfig, get_peft_model
+
+    peft_cfg = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        target_modules=target_modules,
+        use_rslora=use_rslora,
+        use_dora=use_dora,
+    )
+    body = get_peft_model(critic.body, peft_cfg)
+    for p in critic.head.parameters():
+        p.requires_grad_(True)
+    return ValueModel(body, critic.head)
 
 
 def fresh_value_head(hidden_size: int, *, dtype: torch.dtype = torch.float32) -> nn.Linear:
@@ -134,24 +170,97 @@ class ActorCritic(nn.Module):
         """The policy's config (DeepSpeed reads hidden_size from it for its "auto" bucket sizes)."""
         return self.policy.config
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, logits_to_keep: int = 0
+    ) -> tuple[Tensor, Tensor]:
         position_ids = position_ids_from_mask(attention_mask)  # (B, T)
-        logits = policy_logits(self.policy, input_ids, attention_mask, position_ids)
+        logits = policy_logits(
+            self.policy, input_ids, attention_mask, position_ids, logits_to_keep=logits_to_keep
+        )
         values = self.critic(input_ids, attention_mask, position_ids)  # (B, T)
         return logits, values
 
 
+class SharedActorCritic(nn.Module):
+    """A policy and a value head on its own last hidden states: one pass of the trunk serves both.
+
+    `forward` returns the policy's logits (B, T', V) and values (B, T) float32, as `ActorCritic`
+    does, from a single forward of the policy (`output_hidden_states`: the last entry is the final
+    norm's output, the lm_head's input). The value loss's gradient flows into the trunk beside the
+    policy loss's (the shared actor-critic of Mnih et al. 2016 and of OpenAI's lm-human-preferences
+    with `share_value_network`); with a LoRA policy the frozen trunk is shared by construction and
+    the value loss trains the adapters too. `critic` is the head, so that the stage, the optimizer
+    (its own param group and learning rate) and checkpoints see the same two attributes as
+    `ActorCritic`. A prompt-tuned policy's virtual tokens come first: values are read from the last
+    T positions.
+    """
+
+    def __init__(self, policy: nn.Module, head: nn.Linear) -> None:
+        super().__init__()
+        self.policy = policy
+        self.critic = head
+
+    @property
+    def config(self) -> Any:
+        return self.policy.config
+
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, logits_to_keep: int = 0
+    ) -> tuple[Tensor, Tensor]:
+        position_ids = position_ids_from_mask(attention_mask)  # (B, T)
+        out = self.policy(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+            output_hidden_states=True,
+            **_keep(self.policy, logits_to_keep),
+        )
+        hidden = out.hidden_states[-1][:, -input_ids.shape[1] :]  # (B, T, H): after any virtual tokens
+        values = self.critic(hidden.to(self.critic.weight.dtype)).squeeze(-1).float()  # (B, T)
+        return out.logits, values
+
+
+def shared_value_head(policy: nn.Module) -> nn.Linear:
+    """A fresh value head for a policy's hidden states, in the policy's dtype and on its device."""
+    weight = next(p for p in policy.parameters())
+    head = fresh_value_head(policy.config.hidden_size, dtype=weight.dtype)
+    return head.to(weight.device)
+
+
 def policy_logits(
-    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    position_ids: Tensor,
+    *,
+    logits_to_keep: int = 0,
 ) -> Tensor:
     """A causal LM's logits over a left-padded sequence: (B, T) -> (B, T', V).
 
     T' = T + P for a prompt-tuned policy (its P virtual tokens first; rlft.models.prompt_learning
-    places the real tokens after them whatever the padding), else T.
+    places the real tokens after them whatever the padding), else T. logits_to_keep = K > 0: the
+    logits of the last K positions only, (B, K, V), for a model whose forward takes
+    `logits_to_keep` (transformers' causal LMs); PPO needs the A + 1 positions that predict the
+    response, and skipping the prompt's saves the lm_head's matmul and the (B, P, V) softmax there.
+    A model without it gives all T' positions: read logits from the end either way.
     """
     return model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=False,
+        **_keep(model, logits_to_keep),
     ).logits
+
+
+def _keep(model: nn.Module, logits_to_keep: int) -> dict[str, int]:
+    """`{"logits_to_keep": K}` when K > 0 and the (peft-wrapped) model's own forward takes it, else {}."""
+    if logits_to_keep <= 0:
+        return {}
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    takes = "logits_to_keep" in inspect.signature(base.forward).parameters
+    return {"logits_to_keep": logits_to_keep} if takes else {}
 
 
 def disable_dropout(model: nn.Module) -> None:

@@ -10,6 +10,9 @@ processes, and the rows of the sample-generations table.
     ppo/policy_loss, ppo/value_loss, ppo/loss, ppo/entropy, ppo/clipfrac, ppo/approx_kl, ppo/vf_clipfrac
                             means over the update's micro-batches (rlft.rl.update)
     rewards/<part>          mean unweighted score of each part of a weighted-sum reward
+
+The stage adds perf/seconds_per_step, perf/tokens_per_second and, from rlft.rl.perf.step_perf, the
+step's FLOPs and model-FLOPs utilisation, whole and by phase (sample, score, forward, train).
 """
 
 from __future__ import annotations

@@ -274,7 +274,8 @@ def experience_from_rollout(
     model: the (wrapped) ActorCritic; one forward gives logits and values. reference: a frozen
     causal LM, or (reference_disable_adapter=True) the policy itself, run with its adapters
     switched off (peft's `disable_adapter`): LoRA's reference without a second copy.
-    Forwards run `forward_batch_size` rollouts at a time. Advantages are always whitened
+    Forwards run `forward_batch_size` rollouts at a time, and compute the logits of the A + 1 last
+    positions only (the prompt's are never read). Advantages are always whitened
     (Huang et al. 2024, sec. 7); rewards when `whiten_rewards`.
     """
     a = rollout.response_mask.shape[1]
@@ -283,7 +284,7 @@ def experience_from_rollout(
     for start in range(0, len(scores), forward_batch_size):
         rows = slice(start, start + forward_batch_size)
         ids, mask = rollout.sequences[rows], rollout.attention_mask[rows]
-        logits, value = model(ids, mask)  # (b, T', V), (b, T)
+        logits, value = model(ids, mask, logits_to_keep=a + 1)  # (b, A + 1, V) (or (b, T', V)), (b, T)
         logprobs.append(
             logprobs_from_logits(logits[:, -a - 1 : -1], responses[rows], temperature=temperature)
         )
@@ -291,7 +292,9 @@ def experience_from_rollout(
         del logits
         adapters_off = reference.disable_adapter() if reference_disable_adapter else contextlib.nullcontext()
         with adapters_off:
-            ref_logits = policy_logits(reference, ids, mask, position_ids_from_mask(mask))  # (b, T', V)
+            ref_logits = policy_logits(
+                reference, ids, mask, position_ids_from_mask(mask), logits_to_keep=a + 1
+            )  # (b, A + 1, V)
         ref_logprobs.append(
             logprobs_from_logits(ref_logits[:, -a - 1 : -1], responses[rows], temperature=temperature)
         )

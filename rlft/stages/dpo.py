@@ -12,6 +12,10 @@ reference: every margin is 0 and the loss log 2. With `precompute_reference: tru
 log-probs of the train and eval pairs are computed once and cached on disk, so another β, loss
 or sweep point over the same data and reference does not run the reference model again.
 
+Padding: TRL 1.16 turns DPO's `padding_free` off (with a warning), so every batch pads to its
+longest pair. On skewed lengths, `trainer: {train_sampling_strategy: group_by_length}` (batches of
+similar lengths, transformers' LengthGroupedSampler) recovers most of it: see `pair_lengths`.
+
     setup: model (adapters merged) + tokenizer (+ tuning) -> pairs -> DPOConfig -> reference -> DPOTrainer
     train: trainer.train(resume_from_checkpoint=<last checkpoint of a run that died>)
     save:  plain HF folder (adapters merged) + task reward of greedy generations
@@ -47,6 +51,8 @@ STAGE_KEYS = {
     "max_length": "max_length",
     "precompute_ref_log_probs": "precompute_reference",
 }
+# transformers' samplers that batch pairs of similar lengths: they need a length per row
+LENGTH_SAMPLERS = ("group_by_length", "batch_rebalance")
 # Final metrics read from the trainer's last training log (TRL's names, kept as they are).
 TRAIN_METRICS = ("rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected")
 
@@ -102,29 +108,33 @@ class DPOStage(TrainerStage):
 
     @model_validator(mode="after")
     def _consistent(self) -> DPOStage:
-        if not self.loss_type:
-            raise ValueError("loss_type: give at least one loss, e.g. [sigmoid]")
-        if len(set(self.loss_type)) != len(self.loss_type):
-            raise ValueError(f"loss_type: {self.loss_type} names a loss twice; weight it with loss_weights")
-        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
-            raise ValueError(
-                f"loss_weights: {len(self.loss_weights)} weights for {len(self.loss_type)} losses "
-                f"({', '.join(self.loss_type)}); give one weight per loss"
-            )
-        if self.label_smoothing > 0:
-            if not {"sigmoid", "robust"} & set(self.loss_type):
-                raise ValueError(
-                    "label_smoothing is read by sigmoid (cDPO) and robust (rDPO) only; "
-                    f"loss_type {self.loss_type} has neither"
-                )
-            if {"sigmoid", "robust"} <= set(self.loss_type):
-                raise ValueError(
-                    "label_smoothing would mean cDPO for sigmoid and rDPO for robust at once; use one of them"
-                )
+        check_losses(self.loss_type, self.loss_weights, self.label_smoothing)
         for key, stage_key in STAGE_KEYS.items():
             if key in self.trainer:
                 raise ValueError(f"trainer.{key}: set {stage_key} on the stage itself, not in trainer")
         return self
+
+
+def check_losses(loss_type: list[str], loss_weights: list[float] | None, label_smoothing: float) -> None:
+    """ValueError unless the loss settings go together (the dpo stage's and a multitask dpo task's)."""
+    if not loss_type:
+        raise ValueError("loss_type: give at least one loss, e.g. [sigmoid]")
+    if len(set(loss_type)) != len(loss_type):
+        raise ValueError(f"loss_type: {loss_type} names a loss twice; weight it with loss_weights")
+    if loss_weights is not None and len(loss_weights) != len(loss_type):
+        raise ValueError(
+            f"loss_weights: {len(loss_weights)} weights for {len(loss_type)} losses "
+            f"({', '.join(loss_type)}); give one weight per loss"
+        )
+    if label_smoothing > 0:
+        if not {"sigmoid", "robust"} & set(loss_type):
+            raise ValueError(
+                f"label_smoothing is read by sigmoid (cDPO) and robust (rDPO) only; loss_type {loss_type} has neither"
+            )
+        if {"sigmoid", "robust"} <= set(loss_type):
+            raise ValueError(
+                "label_smoothing would mean cDPO for sigmoid and rDPO for robust at once; use one of them"
+            )
 
 
 def trl_losses(
@@ -187,6 +197,8 @@ def make_trainer(
     trainer, reference_info = reference_trainer(
         DPOTrainer, cfg, ctx, reference=reference, args=args, data=data, policy=policy, callbacks=callbacks
     )
+    if args.train_sampling_strategy in LENGTH_SAMPLERS:
+        add_pair_lengths(trainer)
     info = {
         **policy.info,
         "data": data.report,
@@ -194,6 +206,49 @@ def make_trainer(
         "trl_losses": losses,
     }
     return trainer, info
+
+
+def pair_lengths(rows: dict[str, list[list[int]]]) -> list[int]:
+    """Tokens each tokenized pair pads to in a batch: its prompt plus the longer of its two answers.
+
+    (TRL's DPO collator puts chosen and rejected rows in one batch, padded to the longest.)
+    """
+    return [
+        len(p) + max(len(c), len(r))
+        for p, c, r in zip(rows["prompt_ids"], rows["chosen_ids"], rows["rejected_ids"], strict=True)
+    ]
+
+
+def add_pair_lengths(trainer: Any) -> None:
+    """Make `train_sampling_strategy: group_by_length` (or batch_rebalance) work for DPO.
+
+    transformers' length-grouped samplers read a length column (`length_column_name`) or measure
+    `input_ids`; TRL's tokenized pairs have neither (`prompt_ids`, `chosen_ids`, `rejected_ids`), so
+    the sampler raises "Can only automatically infer lengths ...". This writes the column into the
+    train and eval pairs and keeps it past the trainer's removal of the columns the model does not
+    take (the collator ignores it).
+    """
+    import datasets
+
+    name = trainer.args.length_column_name
+
+    def with_lengths(ds: Any) -> Any:
+        if (
+            not isinstance(ds, datasets.Dataset)
+            or name in ds.column_names
+            or "prompt_ids" not in ds.column_names
+        ):
+            return ds
+        return ds.map(lambda rows: {name: pair_lengths(rows)}, batched=True, desc="Measuring pair lengths")
+
+    trainer.train_dataset = with_lengths(trainer.train_dataset)
+    if isinstance(trainer.eval_dataset, dict):
+        trainer.eval_dataset = {k: with_lengths(v) for k, v in trainer.eval_dataset.items()}
+    else:
+        trainer.eval_dataset = with_lengths(trainer.eval_dataset)
+    trainer._set_signature_columns_if_needed()  # TRL's list: prompt_ids, chosen_ids, ...
+    if name not in trainer._signature_columns:
+        trainer._signature_columns = [*trainer._signature_columns, name]
 
 
 def final_metrics(trainer: Any) -> dict[str, Any]:

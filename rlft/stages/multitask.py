@@ -45,13 +45,13 @@ from rlft.data import DataConfig
 from rlft.errors import ConfigError, DataError
 from rlft.models.tuning import FullTuning, TuningConfig
 from rlft.stages.base import StageBase, StageContext, StageResult
+from rlft.stages.dpo import LossName, check_losses
 
 if TYPE_CHECKING:
     from rlft.multitask import LoadedTask
 
 logger = logging.getLogger(__name__)
 
-LossName = Literal["sigmoid", "ipo", "hinge", "robust", "sigmoid_norm", "sft"]
 FORMATS = {
     "sft": ("prompt_completion", "language_modeling"),
     "dpo": ("preference", "implicit_preference"),
@@ -144,20 +144,7 @@ class DPOTask(TaskBase):
 
     @model_validator(mode="after")
     def _consistent(self) -> DPOTask:
-        if not self.loss_type:
-            raise ValueError("loss_type: give at least one loss, e.g. [sigmoid]")
-        if len(set(self.loss_type)) != len(self.loss_type):
-            raise ValueError(f"loss_type: {self.loss_type} names a loss twice; weight it with loss_weights")
-        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
-            raise ValueError(
-                f"loss_weights: {len(self.loss_weights)} weights for {len(self.loss_type)} losses; give one per loss"
-            )
-        if self.label_smoothing > 0 and not {"sigmoid", "robust"} & set(self.loss_type):
-            raise ValueError("label_smoothing is read by sigmoid (cDPO) and robust (rDPO) only")
-        if self.label_smoothing > 0 and {"sigmoid", "robust"} <= set(self.loss_type):
-            raise ValueError(
-                "label_smoothing would mean cDPO for sigmoid and rDPO for robust at once; use one"
-            )
+        check_losses(self.loss_type, self.loss_weights, self.label_smoothing)
         return self
 
 

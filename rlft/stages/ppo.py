@@ -12,11 +12,18 @@ sec. 7 and its reference code) with the KL-penalised reward of Ziegler et al. 20
        - entropy_coef * entropy, gradient accumulation                               rlft.rl.update
     -> KL controller: fixed beta, or adapted to a target KL (Ziegler et al. 2019)    rlft.rl.kl_controller
 
-Roles (rlft.rl.critic): the policy trains under any tuning strategy; the critic is a separate
-model with a scalar head per token, initialised from the reward model (Huang et al.) or the
-policy; the reference is frozen: the starting model, or, with LoRA-style tuning, the policy with
-its adapters disabled (no second copy). Policy and critic train as one module with one optimizer
-(a param group each). The reward model scores decoded text with its own tokenizer.
+Roles (rlft.rl.critic): the policy trains under any tuning strategy; the critic, by
+`critic_design`, is a separate model with a scalar head per token, initialised from the reward
+model (Huang et al.) or the policy (`separate`, fully trained; `lora`, trained through LoRA
+adapters and its head), or a value head on the policy's own last hidden states (`shared`: one
+pass of the trunk gives logits and values); the reference is frozen: the starting model, or,
+with LoRA-style tuning, the policy with its adapters disabled (no second copy). Policy and critic
+train as one module with one optimizer (a param group each). The reward model scores decoded
+text with its own tokenizer.
+
+Cost (rlft.rl.perf): each step logs its FLOPs by phase (sample, score, the no-grad forward
+passes, train), the seconds of each, and the model-FLOPs utilisation against a matmul rate timed
+at start-up (or `peak_flops`): perf/flops_per_step, perf/mfu, perf/{flops,seconds,mfu}/<phase>.
 
     setup: accelerator -> reward -> policy (+ tuning) -> reference -> critic -> prompts -> optimizer
     loop:  rollout -> experience -> PPO update -> KL controller -> metrics (ppo/*), samples, checkpoints
@@ -33,7 +40,7 @@ from pydantic import Field, model_validator
 
 from rlft.config import ModelSource, Strict
 from rlft.data import DataConfig
-from rlft.models.tuning import FullTuning, TuningConfig
+from rlft.models.tuning import FullTuning, LoraTuning, TuningConfig
 from rlft.rewards import RewardSpec
 from rlft.stages.base import StageBase, StageContext, StageResult
 from rlft.stages.common import (
@@ -83,10 +90,27 @@ class PPOStage(StageBase):
         description="where the critic starts when `critic` is not given: reward (the reward model), policy (the "
         "starting model), auto (the reward model if it reads the policy's tokens, else the policy)",
     )
+    critic_design: Literal["separate", "shared", "lora"] = Field(
+        "separate",
+        description="separate: its own model, fully trained (Huang et al.); shared: a value head on the policy's "
+        "own forward (one trunk pass serves both, the value loss trains the trunk too: cheapest); lora: its own "
+        "model, trained through LoRA adapters and a full head (less optimizer memory, same passes)",
+    )
+    critic_lora: LoraTuning | None = Field(
+        None,
+        description="the critic's adapters with critic_design: lora (method lora/dora, r, alpha, target_modules, "
+        "use_rslora; no dropout); None: LoRA r 16, alpha 32 on all linear layers",
+    )
+    peak_flops: float | None = Field(
+        None,
+        gt=0,
+        description="matmul rate in FLOP/s per process that perf/mfu is measured against (e.g. 989e12 for an "
+        "H100's dense bf16); None: timed at start-up on a square matmul in the policy's dtype (~0.2 s)",
+    )
     tuning: TuningConfig = Field(
         default_factory=FullTuning,
-        description="which policy parameters train (the critic: all): method full, freeze, lora, dora, adapter, "
-        "prompt_tuning or prefix_tuning",
+        description="which policy parameters train (the critic's: critic_design): method full, freeze, lora, dora, "
+        "adapter, prompt_tuning or prefix_tuning",
     )
 
     # length of the run: give one
@@ -128,7 +152,10 @@ class PPOStage(StageBase):
     )
     learning_rate: float = Field(3e-6, gt=0, description="policy learning rate")
     critic_learning_rate: float | None = Field(
-        None, gt=0, description="critic learning rate; None: learning_rate"
+        None,
+        gt=0,
+        description="critic learning rate (critic_design shared: the value head's; the trunk trains at "
+        "learning_rate); None: learning_rate",
     )
     lr_schedule: Literal["linear", "constant"] = Field(
         "linear", description="linear: decays to 0 over the run (Huang et al.); constant: no decay"
@@ -187,12 +214,31 @@ class PPOStage(StageBase):
             raise ValueError(
                 f"rollout_batch_size {self.rollout_batch_size} must be a multiple of minibatch_size {self.minibatch_size}"
             )
+        self._check_critic_design()
         if self.minibatch_size % self.gradient_accumulation_steps:
             raise ValueError(
                 f"minibatch_size {self.minibatch_size} must be a multiple of gradient_accumulation_steps "
                 f"{self.gradient_accumulation_steps}"
             )
         return self
+
+    def _check_critic_design(self) -> None:
+        """Combinations that cannot mean anything: say which field, and what to do instead."""
+        if self.critic_design == "shared" and self.critic is not None:
+            raise ValueError(
+                "critic: a shared critic (critic_design: shared) is a value head on the policy's own forward and "
+                "has no model to start from; remove critic:, or use critic_design: separate or lora"
+            )
+        if self.critic_design == "shared" and self.critic_init == "reward":
+            raise ValueError(
+                "critic_init: reward cannot start a shared critic (critic_design: shared), whose trunk is the "
+                "policy's; use critic_init: auto, or critic_design: separate or lora to start from the reward model"
+            )
+        if self.critic_lora is not None and self.critic_design != "lora":
+            raise ValueError(
+                f"critic_lora is set but critic_design is {self.critic_design}; set critic_design: lora, or "
+                "remove critic_lora"
+            )
 
     def references(self) -> list[tuple[str, str]]:
         return super().references() + [("reward", name) for name in self.reward.references()]
@@ -209,8 +255,9 @@ def run(cfg: PPOStage, ctx: StageContext) -> StageResult:
 
     from rlft.models.loading import resolve_source
     from rlft.rl.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-    from rlft.rl.critic import ActorCritic, disable_dropout
+    from rlft.rl.critic import ActorCritic, SharedActorCritic, disable_dropout, shared_value_head
     from rlft.rl.metrics import mean_over_processes, sample_rows, step_metrics, weights_checksum
+    from rlft.rl.perf import ForwardCounter, PhaseTimer, ppo_step_flops, reward_models_of, step_perf
     from rlft.rl.rollout import (
         PromptSampler,
         decode_responses,
@@ -237,15 +284,20 @@ def run(cfg: PPOStage, ctx: StageContext) -> StageResult:
     policy, tokenizer, info, unfreezing = loaded.model, loaded.tokenizer, loaded.info, loaded.unfreezing
     disable_dropout(policy)
     reference, adapters_off, info["reference"] = load_reference(cfg, ctx, policy=policy, tokenizer=tokenizer)
-    critic, info["critic"] = load_critic(cfg, ctx, tokenizer=tokenizer)
+    if cfg.critic_design == "shared":
+        model = SharedActorCritic(policy, shared_value_head(policy))
+        info["critic"] = "a value head on the policy's own forward (shared trunk, fresh head)"
+    else:
+        critic, info["critic"] = load_critic(cfg, ctx, tokenizer=tokenizer)
+        model = ActorCritic(policy, critic)
     prompts = load_prompts(cfg, ctx, tokenizer, info)
 
     steps = cfg.total_steps(world)
     updates_per_step = cfg.ppo_epochs * cfg.rollout_batch_size // cfg.minibatch_size  # optimizer steps
-    model = ActorCritic(policy, critic)
+    costs = model_costs(model, reference, adapters_off=adapters_off)  # FLOPs per token of each role
     optimizer, scheduler = make_optimizer(
-        policy,
-        critic,
+        model.policy,
+        model.critic,
         lr=cfg.learning_rate,
         critic_lr=cfg.critic_learning_rate or cfg.learning_rate,
         adam_eps=cfg.adam_eps,
@@ -255,6 +307,9 @@ def run(cfg: PPOStage, ctx: StageContext) -> StageResult:
     # Not the scheduler: accelerate would step a prepared one once per process at every optimizer step.
     model, optimizer = accelerator.prepare(model, optimizer)
     reference = place_reference(reference, accelerator, model, adapters_off=adapters_off)
+    rate = matmul_rate(cfg, accelerator, policy)
+    score_counter = ForwardCounter(reward_models_of(reward_fn))  # the reward models' forwards, as they ran
+    timer = PhaseTimer(accelerator.device)
     kl_ctl = make_kl_controller(cfg)
     # FSDP2 (accelerate's fully_shard) gathers each layer's weights in every forward, a collective:
     # a process whose responses all ended must keep stepping with the others (transformers only
@@ -295,7 +350,9 @@ def run(cfg: PPOStage, ctx: StageContext) -> StageResult:
             encode_prompts(tokenizer, texts, max_length=cfg.max_prompt_length), pad
         )
         model.eval()
-        with generation_model(model, accelerator) as unwrapped:
+        timer.take()  # drop what a skipped step left behind
+        score_counter.take()
+        with timer.phase("sample"), generation_model(model, accelerator) as unwrapped:
             rollout = sample_responses(
                 unwrapped.policy,
                 prompt_ids.to(device),
@@ -306,48 +363,52 @@ def run(cfg: PPOStage, ctx: StageContext) -> StageResult:
                 pad_token_id=pad,
                 synced_gpus=synced,
             )
-        completions = decode_responses(tokenizer, rollout)
-        scores = score_responses(reward_fn, texts, completions, fields)
+            completions = decode_responses(tokenizer, rollout)
+        with timer.phase("score"):
+            scores = score_responses(reward_fn, texts, completions, fields)
         parts = getattr(reward_fn, "last_components", None) or {"reward": scores.tolist()}
         if not guard.check({f"reward '{n}'": torch.tensor(v) for n, v in parts.items()}, step=step):
             continue  # on_nonfinite: skip drops the rollout
-        exp = experience_from_rollout(
-            model,
-            reference,
-            rollout,
-            scores,
-            temperature=cfg.temperature,
-            forward_batch_size=cfg.forward_batch_size or cfg.minibatch_size,
-            reference_disable_adapter=adapters_off,
-            beta=kl_ctl.value,
-            gamma=cfg.gamma,
-            lam=cfg.lam,
-            kl_kind=cfg.kl_estimator,
-            whiten_rewards=cfg.whiten_rewards,
-            missing_eos_penalty=cfg.missing_eos_penalty,
-        )
+        with timer.phase("forward"):
+            exp = experience_from_rollout(
+                model,
+                reference,
+                rollout,
+                scores,
+                temperature=cfg.temperature,
+                forward_batch_size=cfg.forward_batch_size or cfg.minibatch_size,
+                reference_disable_adapter=adapters_off,
+                beta=kl_ctl.value,
+                gamma=cfg.gamma,
+                lam=cfg.lam,
+                kl_kind=cfg.kl_estimator,
+                whiten_rewards=cfg.whiten_rewards,
+                missing_eos_penalty=cfg.missing_eos_penalty,
+            )
         if not guard.check({"advantages": exp.advantages, "returns": exp.returns}, step=step):
             continue
         if unfreezing is not None:
             unfreezing.apply((step - 1) * updates_per_step)
-        train = ppo_update(
-            model,
-            optimizer,
-            exp,
-            accelerator=accelerator,
-            ppo_epochs=cfg.ppo_epochs,
-            minibatch_size=cfg.minibatch_size,
-            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-            temperature=cfg.temperature,
-            clip=cfg.cliprange,
-            vf_clip=cfg.cliprange_value,
-            vf_coef=cfg.vf_coef,
-            entropy_coef=cfg.entropy_coef,
-            max_grad_norm=cfg.max_grad_norm,
-            generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1009 + rank),
-            on_optimizer_step=scheduler.step,
-            check=lambda values: guard.check(values, step=step),  # noqa: B023 - called within this step
-        )
+            costs = model_costs(accelerator.unwrap_model(model), reference, adapters_off=adapters_off)
+        with timer.phase("train"):
+            train = ppo_update(
+                model,
+                optimizer,
+                exp,
+                accelerator=accelerator,
+                ppo_epochs=cfg.ppo_epochs,
+                minibatch_size=cfg.minibatch_size,
+                gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                temperature=cfg.temperature,
+                clip=cfg.cliprange,
+                vf_clip=cfg.cliprange_value,
+                vf_coef=cfg.vf_coef,
+                entropy_coef=cfg.entropy_coef,
+                max_grad_norm=cfg.max_grad_norm,
+                generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1009 + rank),
+                on_optimizer_step=scheduler.step,
+                check=lambda values: guard.check(values, step=step),  # noqa: B023 - called within this step
+            )
         if not train:  # every micro-batch skipped
             continue
         values = step_metrics(exp, train, reward_fn=reward_fn)
@@ -367,6 +428,17 @@ def run(cfg: PPOStage, ctx: StageContext) -> StageResult:
             "perf/tokens_per_second": tokens
             / seconds[-1],  # rollout tokens (all processes) per second of step
         }
+        flops = ppo_step_flops(
+            **costs,
+            rows=len(rollout.sequences),
+            prompt_tokens=prompt_ids.shape[1],
+            response_tokens=rollout.response_mask.shape[1],
+            ppo_epochs=cfg.ppo_epochs,
+            score_flops=score_counter.take(),
+        )
+        phase_seconds = timer.take()
+        phase_seconds["other"] = max(0.0, seconds[-1] - sum(phase_seconds.values()))
+        metrics |= step_perf(flops, phase_seconds, rate=rate)  # perf/flops_per_step, perf/mfu, by phase
         ctx.tracker.log(metrics, step=step)
         if step % cfg.sample_every == 0 or step == 1 or step == steps:
             rows_table = sample_rows(texts, completions, scores, n=cfg.num_samples)
@@ -474,7 +546,13 @@ def load_critic(cfg: PPOStage, ctx: StageContext, *, tokenizer: Any) -> tuple[An
     """
     from rlft.errors import ConfigError
     from rlft.models.loading import load_causal_lm, resolve_source
-    from rlft.rl.critic import disable_dropout, is_sequence_classifier, rescaled_head, value_model_from
+    from rlft.rl.critic import (
+        disable_dropout,
+        is_sequence_classifier,
+        lora_critic,
+        rescaled_head,
+        value_model_from,
+    )
 
     def resolve(source: ModelSource, key: str) -> Any:
         return resolve_source(
@@ -526,6 +604,17 @@ def load_critic(cfg: PPOStage, ctx: StageContext, *, tokenizer: Any) -> tuple[An
         scale, shift = _reward_scale(cfg, reward_model, resolved.name_or_path)
         critic.head = rescaled_head(critic.head, scale=scale, shift=shift)
         head += f", rescaled to the reward's scale: {scale:.4g} * score + {shift:.4g}"
+    if cfg.critic_design == "lora":
+        lora = cfg.critic_lora or LoraTuning()
+        critic = lora_critic(
+            critic,
+            r=lora.r,
+            alpha=lora.alpha,
+            target_modules=lora.target_modules,
+            use_rslora=lora.use_rslora,
+            use_dora=lora.method == "dora",
+        )
+        head += f"; {lora.method} r {lora.r} on its body, the head trained fully"
     disable_dropout(critic)
     return critic, f"{resolved.description} ({head})"
 
@@ -576,6 +665,29 @@ def place_reference(reference: Any, accelerator: Any, model: Any, *, adapters_of
 
         return prepare_deepspeed(reference, accelerator)
     return reference.to(accelerator.device)
+
+
+def model_costs(model: Any, reference: Any, *, adapters_off: bool) -> dict[str, Any]:
+    """What a token costs each role (rlft.rl.perf.ModelCost), for `ppo_step_flops`: the policy as it
+    trains, the critic (a separate model, or a value head on the policy's pass), the reference (a
+    copy, or the policy with its adapters off). Call it on the unprepared actor-critic."""
+    from rlft.rl.critic import SharedActorCritic
+    from rlft.rl.perf import head_cost, model_cost
+
+    policy = model_cost(model.policy)
+    critic = head_cost(model.critic) if isinstance(model, SharedActorCritic) else model_cost(model.critic)
+    ref = policy.without_adapters() if adapters_off else model_cost(getattr(reference, "module", reference))
+    return {"policy": policy, "critic": critic, "reference": ref}
+
+
+def matmul_rate(cfg: PPOStage, accelerator: Any, policy: Any) -> float:
+    """FLOP/s that perf/mfu divides by: `peak_flops` when given, else a matmul in the policy's dtype, timed."""
+    from rlft.rl.perf import measure_matmul_flops
+
+    if cfg.peak_flops is not None:
+        return cfg.peak_flops
+    dtype = next(p.dtype for p in policy.parameters() if p.is_floating_point())
+    return measure_matmul_flops(dtype, accelerator.device)
 
 
 def make_kl_controller(cfg: PPOStage) -> Any:

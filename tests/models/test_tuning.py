@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUICKSTART_DATA
+from conftest import QUICKSTART_DATA, stage_context
 from pydantic import ValidationError
 
 from rlft.errors import ConfigError
@@ -21,8 +21,6 @@ from rlft.models.tuning import (
     save_model,
 )
 from rlft.stages import reward, sft
-from rlft.stages.base import StageContext
-from rlft.tracking import Tracker
 
 IDS = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16]])  # (B, T) any token ids
 
@@ -81,15 +79,7 @@ def make(tmp_path: Path, model: Path | str, tuning: dict, *, steps: int = 30, lr
         **extra,
     }
     work = tmp_path / "work"
-    ctx = StageContext(
-        pipeline="t",
-        run_dir=tmp_path,
-        work_dir=work,
-        artifact_dir=work / "artifact",
-        base_dir=tmp_path,
-        model_paths={},
-        tracker=Tracker(work / "metrics.jsonl"),
-    )
+    ctx = stage_context(tmp_path, work)
     return sft.SFTStage.model_validate(spec), ctx
 
 
@@ -163,9 +153,7 @@ def test_reward_model_methods_train_their_parameters_and_the_head(tmp_path, base
         },
     }
     work = tmp_path / "work"
-    ctx = StageContext(
-        "t", tmp_path, work, work / "artifact", tmp_path, {}, tracker=Tracker(work / "m.jsonl")
-    )
+    ctx = stage_context(tmp_path, work)
     trainer, info = reward.make_trainer(reward.RewardStage.model_validate(spec), ctx)
     model = trainer.model
     before = snapshot(model)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUICKSTART_DATA, REPO
+from conftest import QUICKSTART_DATA, REPO, stage_context
 
 from rlft.errors import ConfigError, DataError
 from rlft.models.tiny import build_tiny_from_texts
@@ -16,7 +16,7 @@ from rlft.pipeline import run_pipeline
 from rlft.pipeline_file import load_pipeline
 from rlft.stages import contrastive
 from rlft.stages.base import StageContext
-from rlft.tracking import Tracker, read_metrics
+from rlft.tracking import read_metrics
 
 PARAPHRASE = REPO / "configs" / "data" / "paraphrase"
 
@@ -44,15 +44,7 @@ def paraphrase_model(tmp_path_factory) -> Path:
 
 def context(tmp_path: Path, name: str = "work") -> StageContext:
     work = tmp_path / name
-    return StageContext(
-        pipeline="t",
-        run_dir=tmp_path,
-        work_dir=work,
-        artifact_dir=work / "artifact",
-        base_dir=tmp_path,
-        model_paths={},
-        tracker=Tracker(work / "metrics.jsonl"),
-    )
+    return stage_context(tmp_path, work)
 
 
 def preference(model: Path | str, **overrides) -> contrastive.ContrastiveStage:

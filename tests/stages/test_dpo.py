@@ -296,3 +296,29 @@ def test_reference_with_another_vocabulary_is_refused(tmp_path, tiny_model):
     cfg = make({"path": str(tiny_model)}, reference={"path": str(other)})
     with pytest.raises(ConfigError, match="must\\s+score the policy's token ids"):
         dpo.make_trainer(cfg, context(tmp_path))
+
+
+def test_length_grouped_batches(tmp_path, tiny_model):
+    """`train_sampling_strategy: group_by_length` needs a length per pair, which TRL's tokenized pairs lack
+    (transformers raises); the stage adds it, and the sampler then puts pairs of similar length together."""
+    cfg = make(
+        {"path": str(tiny_model)},
+        trainer={
+            "max_steps": 1,
+            "per_device_train_batch_size": 4,
+            "train_sampling_strategy": "group_by_length",
+        },
+    )
+    trainer, _ = dpo.make_trainer(cfg, context(tmp_path))
+    lengths = trainer.train_dataset["length"]
+    assert lengths == dpo.pair_lengths(trainer.train_dataset[:])
+    widths = [batch["input_ids"].shape[1] for batch in trainer.get_train_dataloader()]
+    assert widths[0] == max(lengths)  # LengthGroupedSampler: the longest batch first
+    # grouped batches pad less than the pairs in their given order
+    ordered = [max(lengths[i : i + 4]) * len(lengths[i : i + 4]) for i in range(0, len(lengths), 4)]
+    assert sum(w * 4 for w in widths) < sum(ordered)
+
+
+def test_pair_lengths():
+    rows = {"prompt_ids": [[1, 2], [3]], "chosen_ids": [[4], [5, 6, 7]], "rejected_ids": [[8, 9, 10], [11]]}
+    assert dpo.pair_lengths(rows) == [5, 4]

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import QUICKSTART_DATA
+from conftest import QUICKSTART_DATA, stage_context
 
 from rlft.errors import ConfigError
 from rlft.models.tiny import build_tiny_from_texts
@@ -15,7 +15,6 @@ from rlft.pipeline import run_pipeline
 from rlft.pipeline_file import load_pipeline
 from rlft.stages import generate
 from rlft.stages.base import StageContext
-from rlft.tracking import Tracker
 
 PROMPTS = QUICKSTART_DATA / "heldout_prompts.jsonl"
 # shorter completions score higher: an untrained model's samples differ in length, so pairs exist
@@ -35,15 +34,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 def context(tmp_path: Path) -> StageContext:
     work = tmp_path / "work"
-    return StageContext(
-        pipeline="t",
-        run_dir=tmp_path,
-        work_dir=work,
-        artifact_dir=work / "artifact",
-        base_dir=tmp_path,
-        model_paths={},
-        tracker=Tracker(work / "metrics.jsonl"),
-    )
+    return stage_context(tmp_path, work)
 
 
 def make(model: Path, **overrides) -> generate.GenerateStage:

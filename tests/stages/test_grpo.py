@@ -5,13 +5,13 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import QUICKSTART_DATA
+from conftest import QUICKSTART_DATA, stage_context
 
 from rlft.errors import ConfigError
 from rlft.models.tiny import build_tiny_from_texts
 from rlft.stages import grpo, rloo, stage_config_class
 from rlft.stages.base import StageContext
-from rlft.tracking import Tracker, read_metrics
+from rlft.tracking import read_metrics
 
 REWARDS = """
 def uppercase_share(prompts, completions, **fields):
@@ -68,15 +68,7 @@ def make(module, tmp_path: Path, tiny_model: Path, **overrides) -> tuple[object,
     cfg = stage_config_class(spec["kind"]).model_validate(spec)
     work = tmp_path / "work"
     (work / "artifact").mkdir(parents=True, exist_ok=True)
-    ctx = StageContext(
-        pipeline="t",
-        run_dir=tmp_path,
-        work_dir=work,
-        artifact_dir=work / "artifact",
-        base_dir=tmp_path,
-        model_paths={},
-        tracker=Tracker(work / "metrics.jsonl"),
-    )
+    ctx = stage_context(tmp_path, work)
     return cfg, ctx
 
 

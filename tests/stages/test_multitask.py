@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUICKSTART_DATA, REPO
+from conftest import QUICKSTART_DATA, REPO, stage_context
 
 from rlft.errors import ConfigError, DataError
 from rlft.models.tiny import build_tiny_from_texts
 from rlft.pipeline_file import pipeline_from_dict
 from rlft.stages import multitask
 from rlft.stages.base import StageContext
-from rlft.tracking import Tracker, read_metrics
+from rlft.tracking import read_metrics
 
 REVERSE_DATA = REPO / "configs" / "data" / "reverse"
 UPPER = {
@@ -75,15 +75,7 @@ def make(
     cfg = multitask.MultitaskStage.model_validate(spec)
     work_dir = tmp_path / work
     (work_dir / "artifact").mkdir(parents=True, exist_ok=True)
-    ctx = StageContext(
-        pipeline="t",
-        run_dir=tmp_path,
-        work_dir=work_dir,
-        artifact_dir=work_dir / "artifact",
-        base_dir=tmp_path,
-        model_paths={},
-        tracker=Tracker(work_dir / "metrics.jsonl"),
-    )
+    ctx = stage_context(tmp_path, work_dir)
     return cfg, ctx
 
 

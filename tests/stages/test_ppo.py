@@ -97,8 +97,15 @@ def test_score_rises_on_a_verifiable_reward(tmp_path, tiny_model):
         "ppo/beta",
         "perf/seconds_per_step",
         "perf/tokens_per_second",
+        "perf/flops_per_step",
+        "perf/mfu",
+        "perf/flops/sample",
+        "perf/flops/train",
+        "perf/seconds/train",
+        "perf/mfu/train",
     ):
         assert len(logged(ctx, key)) == 30, key
+    assert all(0 < m < 1.5 for m in logged(ctx, "perf/mfu"))  # a share of the timed matmul rate
     assert result.metrics["kl"] == logged(ctx, "ppo/kl")[-1] and result.metrics["train/global_step"] == 30
     samples = [json.loads(line) for line in (ctx.artifact_dir / "ppo_samples.jsonl").read_text().splitlines()]
     assert {s["step"] for s in samples} == {1, 10, 20, 30} and {"prompt", "completion", "score"} <= samples[
@@ -155,10 +162,13 @@ def test_beta_holds_a_policy_without_reward_at_the_reference(tmp_path, tiny_mode
     assert after[1.0] < 0.85 * start and after[1.0] < 0.85 * after[0.0], (start, after)
 
 
-def test_resume_continues_from_the_saved_step(tmp_path, tiny_model):
+@pytest.mark.parametrize("design", ["separate", "shared", "lora"])
+def test_resume_continues_from_the_saved_step(tmp_path, tiny_model, design):
     """A run resumed from checkpoint-2 goes on exactly as the uninterrupted run: same steps, same
-    beta (the adaptive controller's state), same scores and losses (RNG, optimizer, prompt position)."""
+    beta (the adaptive controller's state), same scores and losses (RNG, optimizer, prompt position),
+    whatever the critic's design (a separate model, a value head on the policy, LoRA adapters)."""
     settings = {"steps": 4, "save_steps": 2, "adaptive_kl": {"target": 0.01, "horizon": 50}, "beta": 0.1}
+    settings["critic_design"] = design
     cfg, ctx = make(tmp_path, tiny_model, **settings)
     ppo.run(cfg, ctx)
     checkpoint = ctx.checkpoint_dir / "checkpoint-2"
@@ -172,27 +182,38 @@ def test_resume_continues_from_the_saved_step(tmp_path, tiny_model):
     assert [m["step"] for m in second if "ppo/score" in m] == [3, 4]
     betas = logged(ctx, "ppo/beta")
     assert logged(ctx2, "ppo/beta") == betas[2:] and betas[2] != 0.1  # beta had moved, and was restored
-    for key in ("ppo/score", "ppo/kl", "ppo/loss"):
+    for key in ("ppo/score", "ppo/kl", "ppo/loss", "ppo/value_loss"):
         assert logged(ctx2, key) == pytest.approx(logged(ctx, key)[2:], rel=1e-5), key
     assert result.rank["losses"] == pytest.approx([m["ppo/loss"] for m in first if "ppo/loss" in m], rel=1e-5)
 
 
-def test_lora_policy_uses_the_adapter_disabled_reference_and_saves_merged(tmp_path, tiny_model):
-    cfg, ctx = make(
-        tmp_path, tiny_model, tuning={"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0}, steps=2
-    )
+@pytest.mark.parametrize("design", ["separate", "shared"])
+def test_lora_policy_uses_the_adapter_disabled_reference_and_saves_merged(tmp_path, tiny_model, design):
+    """With a shared critic the value head reads the LoRA policy's hidden states; the reference is still
+    the same trunk with the adapters off, and the saved policy has no value head."""
+    lora = {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0}
+    cfg, ctx = make(tmp_path, tiny_model, tuning=lora, steps=2, critic_design=design)
     result = ppo.run(cfg, ctx)
     assert result.info["reference"] == "the starting model (the policy with its adapters disabled)"
     assert logged(ctx, "ppo/kl")[0] == 0.0  # LoRA starts at B = 0: the policy is its reference
     params = result.info["parameters"]
     assert 0 < params["trainable"] < params["total"]
     assert result.info["saved"]["merged"] and (ctx.artifact_dir / "adapter").is_dir()
+    if design == "shared":
+        assert result.info["critic"].startswith("a value head on the policy's own forward")
+        # one trunk pass for policy and critic: the no-grad passes cost two trunks (policy, reference), not three
+        forward, sample = logged(ctx, "perf/flops/forward")[-1], logged(ctx, "perf/flops/sample")[-1]
+        assert 0 < sample < forward
 
 
-@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
-def test_prompt_methods_sample_and_train_only_the_prompt(tmp_path, tiny_model, method):
+@pytest.mark.parametrize(
+    ("method", "design"),
+    [("prompt_tuning", "separate"), ("prefix_tuning", "separate"), ("prompt_tuning", "shared")],
+)
+def test_prompt_methods_sample_and_train_only_the_prompt(tmp_path, tiny_model, method, design):
     """A prompt-tuned policy samples through rlft's generate (peft's is wrong under transformers 5):
-    only the prompt changes, the reference is a frozen copy of the start, the prompt is kept."""
+    only the prompt changes, the reference is a frozen copy of the start, the prompt is kept. A shared
+    critic reads the values after the virtual tokens."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -200,7 +221,7 @@ def test_prompt_methods_sample_and_train_only_the_prompt(tmp_path, tiny_model, m
     from rlft.models.tuning import PrefixTuning, PromptTuning, apply_tuning
 
     tuning = {"method": method, "num_virtual_tokens": 4, "init_text": "shout"}
-    cfg, ctx = make(tmp_path, tiny_model, tuning=tuning, steps=3, learning_rate=3e-2)
+    cfg, ctx = make(tmp_path, tiny_model, tuning=tuning, steps=3, learning_rate=3e-2, critic_design=design)
     result = ppo.run(cfg, ctx)
     assert result.info["reference"] == "the starting model (a frozen copy)"
     assert result.info["saved"] == {"merged": False, "adapter": "adapter/", "peft": method}
@@ -268,7 +289,50 @@ def test_config_checks():
         {**base, "total_episodes": 100, "rollout_batch_size": 16, "model": {"from": "sft"}}
     )
     assert cfg.total_steps(world_size=2) == 4  # ceil(100 / 32)
+    assert cfg.critic_design == "separate" and cfg.peak_flops is None
+    steps = {**base, "steps": 1}
+    with pytest.raises(ValueError, match="critic: a shared critic.*remove critic:"):
+        ppo.PPOStage.model_validate({**steps, "critic_design": "shared", "critic": {"from": "reward"}})
+    with pytest.raises(ValueError, match="critic_init: reward cannot start a shared critic"):
+        ppo.PPOStage.model_validate({**steps, "critic_design": "shared", "critic_init": "reward"})
+    with pytest.raises(ValueError, match="critic_lora is set but critic_design is separate"):
+        ppo.PPOStage.model_validate({**steps, "critic_lora": {"r": 4}})
+    lora = ppo.PPOStage.model_validate({**steps, "critic_design": "lora", "critic_lora": {"r": 4}})
+    assert lora.critic_lora.r == 4
     assert cfg.references() == [("model", "sft"), ("reward", "reward")]  # the pipeline checks both exist
+
+
+@pytest.mark.parametrize("design", ["separate", "shared", "lora"])
+def test_each_critic_design_learns_the_values(tmp_path, tiny_model, design):
+    """The critic's value estimates train whatever its design: started with a fresh head (explained
+    variance far below 0), the explained variance of the returns rises over a dozen updates."""
+    cfg, ctx = make(tmp_path, tiny_model, steps=12, critic_design=design, critic_learning_rate=3e-3)
+    result = ppo.run(cfg, ctx)
+    ev = logged(ctx, "ppo/explained_variance")
+    assert len(ev) == 12 and all(math.isfinite(x) for x in ev)
+    first, last = sum(ev[:2]) / 2, sum(ev[-4:]) / 4
+    assert last > first + 1.0 and last > -1.0, ev
+    assert "fresh head" in result.info["critic"]
+    assert ("lora r 16" in result.info["critic"]) is (design == "lora")
+
+
+def test_a_shared_critic_costs_fewer_flops_than_a_separate_one(tmp_path, tiny_model):
+    """The no-grad passes and the training of a shared critic skip a whole trunk: the critic's."""
+    flops = {}
+    for design in ("separate", "shared", "lora"):
+        lora = {"critic_lora": {"r": 2, "alpha": 4}} if design == "lora" else {}
+        cfg, ctx = make(
+            tmp_path, tiny_model, work=design, steps=1, critic_design=design, max_new_tokens=4, **lora
+        )
+        ppo.run(cfg, ctx)
+        flops[design] = {k: logged(ctx, f"perf/flops/{k}")[0] for k in ("sample", "forward", "train")}
+    assert flops["shared"]["sample"] == flops["separate"]["sample"]  # the same policy samples
+    assert flops["shared"]["forward"] < 0.8 * flops["separate"]["forward"]
+    assert flops["shared"]["train"] < 0.7 * flops["separate"]["train"]
+    # LoRA on the critic: the same forward plus its adapters; its backward skips the body's weight gradients
+    # (at a rank small against the width: at r 16 on this 32-wide model the adapters cost more than they save)
+    assert flops["lora"]["forward"] > flops["separate"]["forward"]
+    assert flops["lora"]["train"] < flops["separate"]["train"]
 
 
 def test_critic_init_reward_needs_a_reward_model(tmp_path, tiny_model):
@@ -278,12 +342,21 @@ def test_critic_init_reward_needs_a_reward_model(tmp_path, tiny_model):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launch", ["cpu_2proc", "cpu_2proc_zero3"])
-def test_two_cpu_processes_train_one_policy(tmp_path, launch, monkeypatch):
+@pytest.mark.parametrize(
+    ("launch", "design"),
+    [
+        ("cpu_2proc", "separate"),
+        ("cpu_2proc_zero3", "separate"),
+        ("cpu_2proc", "shared"),
+        ("cpu_2proc_zero3", "shared"),
+    ],
+)
+def test_two_cpu_processes_train_one_policy(tmp_path, launch, design, monkeypatch):
     """launch/cpu_2proc.yaml: two real processes (world size asserted: the `--cpu` trap starts one), each
     rolling out its own prompts; the loss averaged over them is the same on both ranks from the first
     step, and the policy's weights stay identical (gradients are all-reduced). Under ZeRO-3 (weights
-    sharded, gathered once per rollout) the same, and the artifact holds the whole weights."""
+    sharded, gathered once per rollout) the same, and the artifact holds the whole weights. A shared
+    critic (the value head inside the one wrapped module) likewise."""
     from safetensors import safe_open
 
     from rlft.pipeline import run_pipeline
@@ -310,6 +383,7 @@ stages:
     max_new_tokens: 4
     learning_rate: 1.0e-3
     save_steps: 1
+    critic_design: {design}
 """
     )
     run_dir = tmp_path / "run"

@@ -7,13 +7,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import QUICKSTART_DATA
+from conftest import QUICKSTART_DATA, stage_context
 
 from reward_models import RewardModel
 from rlft.models.tiny import build_tiny_from_texts
 from rlft.stages import reward
-from rlft.stages.base import StageContext
-from rlft.tracking import Tracker
 
 
 @pytest.fixture(scope="module")
@@ -54,15 +52,7 @@ def make(tmp_path: Path, tiny_model: Path, train: Path, eval_: Path | None = Non
         **overrides,
     }
     work = tmp_path / "work"
-    ctx = StageContext(
-        pipeline="t",
-        run_dir=tmp_path,
-        work_dir=work,
-        artifact_dir=work / "artifact",
-        base_dir=tmp_path,
-        model_paths={},
-        tracker=Tracker(work / "metrics.jsonl"),
-    )
+    ctx = stage_context(tmp_path, work)
     return reward.RewardStage.model_validate(spec), ctx
 
 

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUICKSTART_DATA
+from conftest import QUICKSTART_DATA, stage_context
 
 from rlft.models.tiny import build_tiny_from_texts
 from rlft.stages import sft
 from rlft.stages.base import StageContext
-from rlft.tracking import Tracker, read_metrics
+from rlft.tracking import read_metrics
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +38,7 @@ def make(tmp_path: Path, tiny_model: Path, **overrides) -> tuple[sft.SFTStage, S
     }
     cfg = sft.SFTStage.model_validate(spec)
     work = tmp_path / "work"
-    ctx = StageContext(
-        pipeline="t",
-        run_dir=tmp_path,
-        work_dir=work,
-        artifact_dir=work / "artifact",
-        base_dir=tmp_path,
-        model_paths={},
-        tracker=Tracker(work / "metrics.jsonl"),
-    )
+    ctx = stage_context(tmp_path, work)
     return cfg, ctx
 
 
