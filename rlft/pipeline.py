@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from rlft import stage_server
+from rlft import stage_server, yamlio
 from rlft.artifacts import (
     complete_checkpoints,
     hash_json,
@@ -376,11 +376,14 @@ def _act(
 
 
 def _keep_pipeline_file(pipeline: PipelineSpec, run_dir: Path) -> None:
-    """runs/<pipeline>/pipeline.yaml: the file the run started from (or the dict it was given, as YAML)."""
-    if pipeline.source is not None:
+    """runs/<pipeline>/pipeline.yaml: the file the run started from, comments and all; with `--set`
+    overrides (or from a dict), the pipeline as run, as YAML, so that `rlft eval` reads the run's own
+    `evaluate:` block."""
+    if pipeline.source is not None and yamlio.safe_load(pipeline.source.read_text()) == pipeline.raw:
         shutil.copyfile(pipeline.source, run_dir / "pipeline.yaml")
-    else:
-        (run_dir / "pipeline.yaml").write_text(yaml.safe_dump(pipeline.raw, sort_keys=False))
+        return
+    header = f"# {pipeline.source} with --set overrides applied\n" if pipeline.source is not None else ""
+    (run_dir / "pipeline.yaml").write_text(header + yaml.safe_dump(pipeline.raw, sort_keys=False))
 
 
 def _execute(

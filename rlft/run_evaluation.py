@@ -46,7 +46,9 @@ from rlft.errors import ConfigError, RlftError
 
 logger = logging.getLogger(__name__)
 
-NOT_POLICIES = ("reward", "evaluate")  # kinds whose artifact is not a generating model
+# kinds whose artifact is not a generating model; an evaluate stage has one only with save_model
+# (has_model in its stage.json), and then it is the starting model: a policy row, a baseline
+NOT_POLICIES = ("reward",)
 COLUMNS = (
     "stage",
     "kind",
@@ -92,10 +94,16 @@ def evaluate_run(
     max_prompts: int | None = None,
     seed: int = 0,
     judge: JudgeConfig | None = None,
+    known: dict[str, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Measure the policy stages of a finished run (all, or `stages`); returns one row per stage
     (COLUMNS) and writes eval.json and eval.csv into the run folder. `judge` replaces the pipeline's
-    `evaluate.judge`."""
+    `evaluate.judge`.
+
+    `known` (filled in here) maps what a row depends on (evaluate_key) to the row: a stage whose
+    weights, baseline's weights, reward model and evaluation settings equal those of a row already in
+    it is not measured again. `rlft sweep` passes one dict for all its points, whose shared (linked)
+    stages are identical."""
     from reward_models.loading import RewardLoadError, load_function
 
     run = Path(run_dir)
@@ -139,8 +147,26 @@ def evaluate_run(
         if name in measured:
             results.append(_recorded_row(name, records[name]))
             continue
-        logger.info(f"evaluating stage {name} on {len(rows)} prompts")
         baseline = against or _started_from(records[name], policies)
+        key = evaluate_key(
+            records,
+            name,
+            baseline=baseline,
+            settings=[
+                evaluate.model_dump(),
+                samples,
+                seed,
+                max_prompts,
+                judge_config and judge_config.model_dump(),
+            ],
+        )
+        if known is not None and key is not None and key in known:
+            logger.info(
+                f"stage {name}: the same weights, baseline and settings as a stage measured before; its row reused"
+            )
+            results.append(dict(known[key]))
+            continue
+        logger.info(f"evaluating stage {name} on {len(rows)} prompts")
         results.append(
             _evaluate_stage(
                 run,
@@ -158,6 +184,8 @@ def evaluate_run(
                 heldout=heldout,
             )
         )
+        if known is not None and key is not None:
+            known[key] = results[-1]
     write_json_atomic(run / "eval.json", results)
     with open(run / "eval.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
@@ -315,6 +343,23 @@ def _log_to_wandb(
     tracker.log_table("eval/samples", samples, step=0)
     tracker.finish({f"eval/{r['stage']}/{k}": v for r in table for k, v in r.items() if _number(v)})
     logger.info(f"evaluation logged to W&B ({mode}; files in {run / '_eval'})")
+
+
+def evaluate_key(
+    records: dict[str, dict[str, Any]], name: str, *, baseline: str | None, settings: list[Any]
+) -> str | None:
+    """What a stage's evaluation row depends on, as one string: the stage's name, kind and weights
+    (artifact_hash), its baseline's weights, the run's reward model's weights (the judge of win rates),
+    the evaluation settings; None when some weights were not hashed (then the row is always measured)."""
+    rewards = [r for r in records.values() if r["kind"] == "reward"]
+    hashes = [
+        records[name].get("artifact_hash"),
+        records[baseline].get("artifact_hash") if baseline else "none",
+        rewards[-1].get("artifact_hash") if rewards else "none",
+    ]
+    if not all(hashes):
+        return None
+    return json.dumps([name, records[name]["kind"], baseline, *hashes, settings], sort_keys=True, default=str)
 
 
 def _number(value: Any) -> bool:

@@ -26,7 +26,8 @@ extend, at the cost of links. Because the points share one cache and their upstr
 
 When the pipeline has an `evaluate:` block, each finished point is evaluated (`rlft eval`, two
 samples per prompt; `--no-eval` skips it) before the report, so that the report can place every
-point's policies by reward and KL from their baseline.
+point's policies by reward and KL from their baseline. A stage a point shares with an earlier one
+(same weights, same baseline, same reward model) is measured once and its row reused.
 
 The table has a column per grid key and, for each stage the grid changes (a stage a key
 addresses, or one that starts from such a stage), its final metrics: task_reward,
@@ -240,11 +241,12 @@ def _report(root: Path, done: list[Point], *, evaluate: bool, console: Any) -> N
     from rlft.report import write_report
     from rlft.run_evaluation import evaluate_run
 
+    known: dict[str, dict[str, Any]] = {}  # a stage shared by several points is measured once
     try:
         for point in done:
             if evaluate:
                 console.print(f"evaluating sweep point {point.name}")
-                evaluate_run(point.run_dir, samples=2)
+                evaluate_run(point.run_dir, samples=2, known=known)
         console.print(
             f"sweep report: {write_report([p.run_dir for p in done], out=root / 'report.html')}",
             soft_wrap=True,

@@ -78,3 +78,76 @@ def test_multitask_example_matches_each_task_trained_alone(tmp_path):
     metrics = [json.loads(line) for line in (run_dir / "joint" / "metrics.jsonl").read_text().splitlines()]
     for key in ("task/upper/loss", "task/upper/reward", "task/reverse/loss", "task/reverse/reward"):
         assert any(key in m for m in metrics), key
+
+
+SENTIMENT = EXAMPLE.parent / "smollm2_sentiment.yaml"
+# The sentiment example shrunk to a few minutes on 2 CPU cores: every stage, a handful of steps.
+SENTIMENT_SMALL = {
+    "evaluate.max_prompts": 6,
+    "evaluate.max_new_tokens": 12,
+    "stages.gen.prompts.max_rows": 12,
+    "stages.gen.max_new_tokens": 12,
+    "stages.gen.min_margin": 0.0,
+    "stages.reward.trainer.max_steps": 2,
+    "stages.reward.trainer.per_device_train_batch_size": 2,
+    "stages.reward.trainer.eval_steps": 2,
+    "stages.reward.trainer.save_steps": 2,
+    "stages.reward.data.eval_fraction": 0.3,
+    "stages.reward.stats_rows": 8,
+    "stages.dpo.trainer.max_steps": 2,
+    "stages.dpo.trainer.per_device_train_batch_size": 2,
+    "stages.dpo.trainer.eval_steps": 2,
+    "stages.dpo.trainer.save_steps": 2,
+    "stages.dpo.data.eval_fraction": 0.3,
+    "stages.ppo.steps": 2,
+    "stages.ppo.rollout_batch_size": 4,
+    "stages.ppo.minibatch_size": 2,
+    "stages.ppo.max_new_tokens": 12,
+    "stages.ppo.save_steps": 2,
+    "stages.ppo.sample_every": 1,
+    "stages.grpo.trainer.max_steps": 2,
+    "stages.grpo.trainer.per_device_train_batch_size": 4,
+    "stages.grpo.trainer.num_generations": 4,
+    "stages.grpo.trainer.max_completion_length": 12,
+    "stages.grpo.trainer.save_steps": 2,
+}
+
+
+def test_smollm2_sentiment_example_small_profile_end_to_end(tmp_path):
+    """configs/examples/smollm2_sentiment.yaml, shrunk by --set overrides: base -> gen -> reward -> dpo, ppo,
+    grpo all finish on the real model; the pairs are oriented by the lexicon; the evaluation's numbers are
+    finite and every trained policy is measured against `base` (win rate, KL)."""
+    import math
+
+    pytest.importorskip("afinn", reason="the examples extra: pip install 'rlft[examples]'")
+    from reward_models.sentiment import afinn_positivity
+    from rlft.run_evaluation import evaluate_run
+
+    pipeline = load_pipeline(SENTIMENT, overrides=SENTIMENT_SMALL)
+    names = ["base", "gen", "reward", "dpo", "ppo", "grpo"]
+    assert [s.name for s in pipeline.stages] == names
+    run_dir = tmp_path / "run"
+    run_pipeline(pipeline, run_dir=run_dir)
+
+    summary = {e["stage"]: e for e in json.loads((run_dir / "summary.json").read_text())}
+    assert [summary[n]["status"] for n in names] == ["ran"] * len(names)
+    for name in ("base", "reward", "dpo", "ppo", "grpo"):  # base keeps the dequantised model
+        assert (run_dir / name / "config.json").is_file() and list((run_dir / name).glob("*.safetensors")), (
+            name
+        )
+    pairs = [json.loads(line) for line in (run_dir / "gen" / "pairs.jsonl").read_text().splitlines()]
+    assert pairs
+    chosen = afinn_positivity([p["prompt"] for p in pairs], [p["chosen"] for p in pairs])
+    rejected = afinn_positivity([p["prompt"] for p in pairs], [p["rejected"] for p in pairs])
+    assert all(c > r for c, r in zip(chosen, rejected, strict=True))  # chosen reads more positive
+
+    rows = {r["stage"]: r for r in evaluate_run(run_dir, samples=1)}
+    assert set(rows) == {"base", "reward", "dpo", "ppo", "grpo"}
+    assert math.isfinite(rows["reward"]["pair_accuracy"])
+    for name in ("base", "dpo", "ppo", "grpo"):
+        row = rows[name]
+        assert -1 <= row["task_reward"] <= 1 and math.isfinite(row["rm_score"]), row
+        assert 0 <= row["empty_share"] <= 1 and 0 <= row["repeat_share"] <= 1
+    for name in ("dpo", "ppo", "grpo"):
+        assert rows[name]["baseline"] == "base", rows[name]
+        assert math.isfinite(rows[name]["kl"]) and 0 <= rows[name]["win_rate"] <= 1, rows[name]

@@ -274,3 +274,52 @@ def test_encoders_and_reward_models_are_reported_not_generated_from():
     assert (
         _recorded_policy_columns("dpo", {"metrics": {"eval/loss": 0.7}}) == {}
     )  # a DPO loss is no perplexity
+
+
+KEPT_BASE = """
+name: kept
+model:
+  tiny: {hidden_size: 32, num_layers: 2, num_heads: 2, tokenizer_texts: [%(data)s/sft_train.jsonl]}
+evaluate: {prompts: %(data)s/heldout_prompts.jsonl, reward: reward_models.tasks:uppercase_copy, max_prompts: 8, max_new_tokens: 8}
+stages:
+  - {name: base, kind: evaluate, save_model: true}
+  - name: sft
+    kind: sft
+    model: {from: base}
+    data: {train: %(data)s/sft_train.jsonl, max_rows: 64}
+    trainer: {max_steps: 4, learning_rate: 5.0e-3}
+"""
+
+
+def test_a_base_stage_that_keeps_its_model_is_every_stage_baseline_and_rows_are_reused(tmp_path, monkeypatch):
+    """`save_model: true` keeps the starting model as `base`'s artifact: later stages start from it and rlft eval
+    measures them against it; `--set` overrides reach the run's pipeline.yaml (so rlft eval reads them); a
+    stage whose weights, baseline and settings were measured before is not measured again (`known`)."""
+    from conftest import QUICKSTART_DATA
+
+    import rlft.run_evaluation as run_evaluation
+
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(KEPT_BASE % {"data": QUICKSTART_DATA})
+    run = tmp_path / "run"
+    assert main(["run", str(pipeline), "--run-dir", str(run), "--set", "evaluate.max_prompts=4"]) == 0
+    assert (run / "base" / "config.json").is_file()
+    assert json.loads((run / "base" / "stage.json").read_text())["has_model"] is True
+    assert "max_prompts: 4" in (run / "pipeline.yaml").read_text()
+
+    known: dict = {}
+    rows = {r["stage"]: r for r in evaluate_run(run, samples=1, known=known)}
+    assert rows["base"]["baseline"] is None and rows["sft"]["baseline"] == "base"
+    assert rows["sft"]["wins"] + rows["sft"]["ties"] + rows["sft"]["losses"] == 4  # the --set max_prompts
+    assert rows["sft"]["kl"] > 0 and len(known) == 2
+
+    def measured_again(*args, **kwargs):
+        raise AssertionError("a stage measured before was measured again")
+
+    monkeypatch.setattr(run_evaluation, "_evaluate_stage", measured_again)
+    assert evaluate_run(run, samples=1, known=known) == list(rows.values())
+    monkeypatch.undo()
+    assert (
+        evaluate_run(run, stages=["sft"], samples=0, known=known)[0]["stage"] == "sft"
+    )  # other settings: measured
+    assert len(known) == 3
