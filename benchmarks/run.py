@@ -542,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog="Set OMP_NUM_THREADS=1 on a shared machine. See the docstring of benchmarks/run.py.",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="fewer steps and repeats (about 15 minutes on 2 cores)"
+        "--quick", action="store_true", help="fewer steps and repeats (about 18 minutes on 2 cores)"
     )
     parser.add_argument(
         "--only",
