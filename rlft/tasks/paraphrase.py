@@ -19,11 +19,12 @@ Every letter list appears once across both files, so the eval lists are unseen i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import string
 from pathlib import Path
+
+from rlft.tasks import write_jsonl_files
 
 MIN_LETTERS = 3
 MAX_LETTERS = 7
@@ -72,17 +73,7 @@ def paraphrase_data(
 
 def write_paraphrase_data(out_dir: str | os.PathLike, *, seed: int = 0, **sizes: int) -> dict[str, Path]:
     """Write the JSONL files into ``out_dir``; keyword arguments as ``paraphrase_data``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for name, rows in paraphrase_data(seed=seed, **sizes).items():
-        paths[name] = out / name
-        tmp = out / f".{name}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-        os.replace(tmp, paths[name])
-    return paths
+    return write_jsonl_files(out_dir, paraphrase_data(seed=seed, **sizes), ensure_ascii=True)
 
 
 def main(argv: list[str] | None = None) -> None:

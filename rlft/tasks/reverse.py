@@ -23,13 +23,13 @@ Every prompt appears once across all files, so the held-out prompts are unseen i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 from pathlib import Path
 
 from reward_models.tasks import reverse_answer as answer_text
 from reward_models.tasks import reverse_prompt as prompt_text
+from rlft.tasks import write_jsonl_files
 from rlft.tasks.uppercase import assistant, make_letters, user
 
 
@@ -81,17 +81,7 @@ def reverse_data(
 
 def write_reverse_data(out_dir: str | os.PathLike, *, seed: int = 0, **sizes: int) -> dict[str, Path]:
     """Write the JSONL files into ``out_dir``; keyword arguments as ``reverse_data``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for name, rows in reverse_data(seed=seed, **sizes).items():
-        paths[name] = out / name
-        tmp = out / f".{name}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, paths[name])
-    return paths
+    return write_jsonl_files(out_dir, reverse_data(seed=seed, **sizes))
 
 
 def main(argv: list[str] | None = None) -> None:

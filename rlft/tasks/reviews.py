@@ -23,10 +23,11 @@ Files (``write_review_data``), one JSON object per line, in TRL's conversational
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 from pathlib import Path
+
+from rlft.tasks import write_jsonl_files
 
 # name parts: invented names are a syllable pair, so no name is a real brand or a common word
 _ONSETS = [
@@ -206,17 +207,7 @@ def review_data(
 
 def write_review_data(out_dir: str | os.PathLike, *, seed: int = 0, **sizes) -> dict[str, Path]:
     """Write the JSONL files into ``out_dir``; keyword arguments as ``review_data``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for name, rows in review_data(seed=seed, **sizes).items():
-        paths[name] = out / name
-        tmp = out / f".{name}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, paths[name])
-    return paths
+    return write_jsonl_files(out_dir, review_data(seed=seed, **sizes))
 
 
 def main(argv: list[str] | None = None) -> None:

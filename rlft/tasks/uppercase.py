@@ -27,7 +27,6 @@ Every prompt appears once across all files, so the held-out prompts are unseen i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import string
@@ -36,6 +35,7 @@ from pathlib import Path
 
 from reward_models.tasks import shout_answer as answer_text
 from reward_models.tasks import shout_prompt as prompt_text
+from rlft.tasks import write_jsonl_files
 
 MIN_LETTERS = 3
 MAX_LETTERS = 7
@@ -170,17 +170,7 @@ def quickstart_data(
 
 def write_quickstart_data(out_dir: str | os.PathLike, *, seed: int = 0, **sizes_and_flaws) -> dict[str, Path]:
     """Write the quickstart's JSONL files into ``out_dir``; keyword arguments as ``quickstart_data``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for name, rows in quickstart_data(seed=seed, **sizes_and_flaws).items():
-        paths[name] = out / name
-        tmp = out / f".{name}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, paths[name])
-    return paths
+    return write_jsonl_files(out_dir, quickstart_data(seed=seed, **sizes_and_flaws))
 
 
 def main(argv: list[str] | None = None) -> None:
