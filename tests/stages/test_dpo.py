@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUICKSTART_DATA
+from conftest import QUICKSTART_DATA, stage_context
 
 from rlft.errors import ConfigError
 from rlft.models.tiny import build_tiny_from_texts
 from rlft.stages import dpo, sft
 from rlft.stages.base import StageContext
-from rlft.tracking import Tracker, read_metrics
+from rlft.tracking import read_metrics
 
 LOG2 = math.log(2)
 
@@ -30,16 +30,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 def context(tmp_path: Path, name: str = "work") -> StageContext:
-    work = tmp_path / name
-    return StageContext(
-        pipeline="t",
-        run_dir=tmp_path,
-        work_dir=work,
-        artifact_dir=work / "artifact",
-        base_dir=tmp_path,
-        model_paths={},
-        tracker=Tracker(work / "metrics.jsonl"),
-    )
+    return stage_context(tmp_path, tmp_path / name)
 
 
 def make(model: dict, **overrides) -> dpo.DPOStage:

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUICKSTART_DATA
+from conftest import QUICKSTART_DATA, stage_context
 
 from rlft.errors import ConfigError
 from rlft.models.tiny import build_tiny_from_texts
 from rlft.stages import ppo
 from rlft.stages.base import StageContext
-from rlft.tracking import Tracker, read_metrics
+from rlft.tracking import read_metrics
 
 REWARDS = '''
 def uppercase_share(prompts, completions, **fields):
@@ -61,16 +61,7 @@ def make(
     cfg = ppo.PPOStage.model_validate(spec)
     work_dir = tmp_path / work
     (work_dir / "artifact").mkdir(parents=True, exist_ok=True)
-    ctx = StageContext(
-        pipeline="t",
-        run_dir=tmp_path,
-        work_dir=work_dir,
-        artifact_dir=work_dir / "artifact",
-        base_dir=tmp_path,
-        model_paths={},
-        tracker=Tracker(work_dir / "metrics.jsonl"),
-    )
-    return cfg, ctx
+    return cfg, stage_context(tmp_path, work_dir)
 
 
 def logged(ctx: StageContext, key: str) -> list[float]:
