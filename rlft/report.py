@@ -213,14 +213,36 @@ def _prompt_text(prompt: Any) -> str:
     return str(prompt)
 
 
+# the frontier's reward, best first: the verifier on the samples the KL is measured on (the DPO
+# paper's Figure 2: the true reward of samples), the verifier on greedy answers, the reward model's score
+FRONTIER_REWARDS = {
+    "task_reward_sampled": "task reward, sampled",
+    "task_reward": "task reward, greedy",
+    "rm_score": "reward-model score, greedy",
+}
+
+
+def frontier_points(runs: list[Path]) -> tuple[list[tuple[str, str, float, float, float]], str]:
+    """(run, stage, KL, reward, KL stderr) for every evaluated policy stage of every run, and the name
+    of the reward: the first of FRONTIER_REWARDS that every stage with a KL has (one measure on the axis)."""
+    rows = [
+        (run.name, row)
+        for run in runs
+        for row in read_json(run / "eval.json") or []
+        if isinstance(row.get("kl"), int | float)
+    ]
+    for key, label in FRONTIER_REWARDS.items():
+        if rows and all(isinstance(row.get(key), int | float) for _, row in rows):
+            points = [
+                (run, row["stage"], row["kl"], row[key], row.get("kl_stderr") or 0.0) for run, row in rows
+            ]
+            return points, label
+    return [], ""
+
+
 def _frontier(runs: list[Path]) -> str:
     """Reward against KL for every evaluated policy stage of every run: the DPO paper's Figure 2 view."""
-    points = []
-    for run in runs:
-        for row in read_json(run / "eval.json") or []:
-            reward = row.get("rm_score", row.get("task_reward"))
-            if isinstance(row.get("kl"), int | float) and isinstance(reward, int | float):
-                points.append((run.name, row["stage"], row["kl"], reward, row.get("kl_stderr") or 0.0))
+    points, reward_name = frontier_points(runs)
     if not points:
         return ""
     figure, axes = _figure()
@@ -244,7 +266,7 @@ def _frontier(runs: list[Path]) -> str:
             label="frontier",
         )
     axes.set_xlabel("KL from the baseline (nats per response)")
-    axes.set_ylabel("reward (RM score, else task reward)")
+    axes.set_ylabel(reward_name)
     axes.set_title("reward against KL")
     axes.legend(fontsize=8)
     return "<h2>reward against KL</h2>" + _image(figure, "reward against KL")

@@ -1,6 +1,6 @@
 """rlft/report.py's pure pieces: the reward-against-KL frontier."""
 
-from rlft.report import pareto_front
+from rlft.report import frontier_points, pareto_front
 
 
 def test_the_frontier_keeps_the_best_reward_for_each_kl_budget():
@@ -9,6 +9,55 @@ def test_the_frontier_keeps_the_best_reward_for_each_kl_budget():
     assert pareto_front(points) == [1, 3, 0, 6]
     assert pareto_front([(0.2, 0.4), (0.2, 0.4)]) == [0]  # a tie is one point of the frontier
     assert pareto_front([]) == []
+
+
+def test_the_frontier_plots_the_true_reward_of_the_samples_the_kl_is_measured_on(tmp_path):
+    """y is the verifier on the stages' samples when every point has it, else greedy, else the RM score:
+    one measure per axis, never a mix."""
+    import json
+
+    rows = {
+        "a": [
+            {
+                "stage": "base",
+                "task_reward": 0.3,
+                "task_reward_sampled": 0.2,
+                "rm_score": 0.1,
+            },  # no KL: no point
+            {
+                "stage": "dpo",
+                "kl": 2.0,
+                "kl_stderr": 0.5,
+                "task_reward": 0.7,
+                "task_reward_sampled": 0.6,
+                "rm_score": 1.5,
+            },
+        ],
+        "b": [{"stage": "ppo", "kl": 1.0, "task_reward": 0.5, "task_reward_sampled": 0.4, "rm_score": 0.9}],
+    }
+    for name, evaluation in rows.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "eval.json").write_text(json.dumps(evaluation))
+    runs = [tmp_path / "a", tmp_path / "b"]
+    assert frontier_points(runs) == (
+        [("a", "dpo", 2.0, 0.6, 0.5), ("b", "ppo", 1.0, 0.4, 0.0)],
+        "task reward, sampled",
+    )
+    del rows["b"][0]["task_reward_sampled"]  # one point lacks it: greedy for all
+    (tmp_path / "b" / "eval.json").write_text(json.dumps(rows["b"]))
+    assert frontier_points(runs) == (
+        [("a", "dpo", 2.0, 0.7, 0.5), ("b", "ppo", 1.0, 0.5, 0.0)],
+        "task reward, greedy",
+    )
+    for row in rows["a"] + rows["b"]:
+        row.pop("task_reward", None)
+    for name, evaluation in rows.items():
+        (tmp_path / name / "eval.json").write_text(json.dumps(evaluation))
+    assert frontier_points(runs) == (
+        [("a", "dpo", 2.0, 1.5, 0.5), ("b", "ppo", 1.0, 0.9, 0.0)],
+        "reward-model score, greedy",
+    )
+    assert frontier_points([tmp_path / "missing"]) == ([], "")
 
 
 def test_summary_and_page_carry_the_evaluation(tmp_path):
