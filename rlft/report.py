@@ -224,7 +224,8 @@ FRONTIER_REWARDS = {
 
 def frontier_points(runs: list[Path]) -> tuple[list[tuple[str, str, float, float, float]], str]:
     """(run, stage, KL, reward, KL stderr) for every evaluated policy stage of every run, and the name
-    of the reward: the first of FRONTIER_REWARDS that every stage with a KL has (one measure on the axis)."""
+    of the reward: the first of FRONTIER_REWARDS that every stage with a KL has (one measure on the axis).
+    A stage that several runs share (a sweep links it, its row is reused) is one point, the first run's."""
     rows = [
         (run.name, row)
         for run in runs
@@ -233,10 +234,17 @@ def frontier_points(runs: list[Path]) -> tuple[list[tuple[str, str, float, float
     ]
     for key, label in FRONTIER_REWARDS.items():
         if rows and all(isinstance(row.get(key), int | float) for _, row in rows):
-            points = [
-                (run, row["stage"], row["kl"], row[key], row.get("kl_stderr") or 0.0) for run, row in rows
-            ]
-            return points, label
+            points = {
+                (row["stage"], row["kl"], row[key]): (
+                    run,
+                    row["stage"],
+                    row["kl"],
+                    row[key],
+                    row.get("kl_stderr") or 0.0,
+                )
+                for run, row in reversed(rows)
+            }
+            return sorted(points.values(), key=lambda p: [r for r, _ in rows].index(p[0])), label
     return [], ""
 
 
@@ -246,6 +254,7 @@ def _frontier(runs: list[Path]) -> str:
     if not points:
         return ""
     figure, axes = _figure()
+    figure.set_size_inches(8, 3.5)  # room for the legend beside the plot
     for label in sorted({(p[0], p[1]) for p in points}):
         chosen = [p for p in points if (p[0], p[1]) == label]
         axes.errorbar(
@@ -268,7 +277,7 @@ def _frontier(runs: list[Path]) -> str:
     axes.set_xlabel("KL from the baseline (nats per response)")
     axes.set_ylabel(reward_name)
     axes.set_title("reward against KL")
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the plot, not on it
     return "<h2>reward against KL</h2>" + _image(figure, "reward against KL")
 
 

@@ -58,6 +58,10 @@ def test_the_frontier_plots_the_true_reward_of_the_samples_the_kl_is_measured_on
         "reward-model score, greedy",
     )
     assert frontier_points([tmp_path / "missing"]) == ([], "")
+    (tmp_path / "c").mkdir()  # a sweep point that shares a's dpo stage: one point, a's
+    (tmp_path / "c" / "eval.json").write_text(json.dumps(rows["a"]))
+    points, _ = frontier_points([tmp_path / "a", tmp_path / "b", tmp_path / "c"])
+    assert [(run, stage) for run, stage, *_ in points] == [("a", "dpo"), ("b", "ppo")]
 
 
 def test_summary_and_page_carry_the_evaluation(tmp_path):
