@@ -234,17 +234,11 @@ def frontier_points(runs: list[Path]) -> tuple[list[tuple[str, str, float, float
     ]
     for key, label in FRONTIER_REWARDS.items():
         if rows and all(isinstance(row.get(key), int | float) for _, row in rows):
-            points = {
-                (row["stage"], row["kl"], row[key]): (
-                    run,
-                    row["stage"],
-                    row["kl"],
-                    row[key],
-                    row.get("kl_stderr") or 0.0,
-                )
-                for run, row in reversed(rows)
-            }
-            return sorted(points.values(), key=lambda p: [r for r, _ in rows].index(p[0])), label
+            points: dict[tuple[str, float, float], tuple[str, str, float, float, float]] = {}
+            for run, row in rows:  # the first run that has the stage keeps it
+                point = (run, row["stage"], row["kl"], row[key], row.get("kl_stderr") or 0.0)
+                points.setdefault(point[1:4], point)
+            return list(points.values()), label
     return [], ""
 
 
